@@ -1,0 +1,176 @@
+//! The S3 client, built from flags and the standard AWS environment.
+//!
+//! One function makes every tool's client, so that AWS, MinIO and Garage work the same in each of
+//! them. The choices below each fix a known way that aws-sdk-s3 fails against S3-compatible servers
+//! (see `shared/reference/s3-clients.md` in the project notes):
+//!
+//! - a custom endpoint gets path-style addressing, because virtual-host style breaks on IP addresses
+//!   and `localhost`;
+//! - a custom endpoint gets request checksums "when required" only: since early 2025 the SDK sends
+//!   CRC32 trailers by default, which older MinIO, Garage versions, R2 and Ceph reject;
+//! - `AWS_CA_BUNDLE` / `--ca-bundle` is honoured (the Rust SDK ignores it by itself), for MinIO with
+//!   a private certificate authority;
+//! - connect, read and per-attempt timeouts are always set, since the SDK sets none and a stuck
+//!   connection would otherwise hang a cron job forever;
+//! - retries use the SDK's standard mode (exponential back-off with full jitter) with more attempts
+//!   than its default of 3, because a long pipeline makes thousands of requests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use clap::{Args, ValueEnum};
+
+use crate::exit::Failure;
+use crate::units::parse_duration;
+
+/// How bucket names go into request URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AddressingStyle {
+    /// Path style on a custom endpoint, virtual-host style on AWS.
+    Auto,
+    /// `https://endpoint/bucket/key`.
+    Path,
+    /// `https://bucket.endpoint/key`.
+    Virtual,
+}
+
+/// The S3 connection flags every S3 tool takes.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "S3 connection")]
+pub struct S3Options {
+    /// S3 endpoint of MinIO, Garage, Ceph, R2 and the like [default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, then AWS]
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// Region used to sign requests [default: $AWS_REGION, the profile's, then us-east-1]
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Named profile from ~/.aws/config and ~/.aws/credentials [default: $AWS_PROFILE]
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+
+    /// Bucket addressing: auto is path style on a custom endpoint and virtual-host style on AWS
+    #[arg(long, value_enum, default_value_t = AddressingStyle::Auto, value_name = "STYLE")]
+    pub addressing_style: AddressingStyle,
+
+    /// PEM file of extra certificate authorities to trust, for a private CA [default: $AWS_CA_BUNDLE]
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+
+    /// Give up connecting to the endpoint after this long
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub connect_timeout: Duration,
+
+    /// Give up on a response that sends nothing for this long
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub read_timeout: Duration,
+
+    /// Give up on one attempt of one request (a part upload, a ranged GET) after this long
+    #[arg(long, value_parser = parse_duration, default_value = "5m", value_name = "DURATION")]
+    pub attempt_timeout: Duration,
+
+    /// Attempts per request, first try included, with jittered exponential back-off between them
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100), value_name = "N")]
+    pub max_attempts: u32,
+}
+
+impl S3Options {
+    /// The endpoint in effect: the flag, then `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`.
+    /// `None` means AWS itself. A trailing slash is dropped (some servers answer a bare 400).
+    pub fn endpoint(&self) -> Option<String> {
+        let ignore_env = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_ok_and(|v| v == "true");
+        let from_env = |name: &str| if ignore_env { None } else { std::env::var(name).ok() };
+        self.endpoint_url
+            .clone()
+            .or_else(|| from_env("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| from_env("AWS_ENDPOINT_URL"))
+            .map(|url| url.trim().trim_end_matches('/').to_string())
+            .filter(|url| !url.is_empty())
+    }
+
+    /// Builds the client. Cheap to clone afterwards; build it once per process.
+    pub async fn client(&self) -> Result<aws_sdk_s3::Client, Failure> {
+        let endpoint = self.endpoint();
+        if let Some(url) = &endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Failure::usage(format!(
+                    "endpoint '{url}' must start with http:// or https://"
+                )));
+            }
+        }
+        let region = RegionProviderChain::first_try(self.region.clone().map(Region::new))
+            .or_default_provider()
+            .or_else(Region::from_static("us-east-1"));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .http_client(self.http_client()?)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .read_timeout(self.read_timeout)
+                    .operation_attempt_timeout(self.attempt_timeout)
+                    .build(),
+            )
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(self.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(20)),
+            );
+        if let Some(profile) = &self.profile {
+            loader = loader.profile_name(profile);
+        }
+        let shared = loader.load().await;
+
+        let mut config = aws_sdk_s3::config::Builder::from(&shared);
+        if let Some(url) = &endpoint {
+            config = config.endpoint_url(url);
+            if std::env::var_os("AWS_REQUEST_CHECKSUM_CALCULATION").is_none() {
+                config = config.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+            }
+            if std::env::var_os("AWS_RESPONSE_CHECKSUM_VALIDATION").is_none() {
+                config = config.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            }
+        }
+        let path_style = match self.addressing_style {
+            AddressingStyle::Auto => endpoint.is_some(),
+            AddressingStyle::Path => true,
+            AddressingStyle::Virtual => false,
+        };
+        config = config.force_path_style(path_style);
+        tracing::debug!(
+            endpoint = endpoint.as_deref().unwrap_or("AWS"),
+            region = ?shared.region(),
+            path_style,
+            "S3 client ready"
+        );
+        Ok(aws_sdk_s3::Client::from_conf(config.build()))
+    }
+
+    /// The HTTPS client: rustls with the system's roots plus `--ca-bundle` / `AWS_CA_BUNDLE`.
+    fn http_client(&self) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Failure> {
+        let bundle = self.ca_bundle.clone().or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from));
+        let mut trust = TrustStore::default();
+        if let Some(path) = bundle.filter(|p| !p.as_os_str().is_empty()) {
+            let pem = std::fs::read(&path).map_err(|err| {
+                Failure::usage(format!("cannot read CA bundle {}: {err}", path.display()))
+            })?;
+            trust = trust.with_pem_certificate(pem);
+        }
+        let context = TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|err| Failure::usage(format!("unusable TLS settings: {err}")))?;
+        Ok(aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(context)
+            .build_https())
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    s3_put_multipart::main()
+}
