@@ -20,11 +20,20 @@ where
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|err| Failure::new(crate::ExitCode::Failure, format!("cannot start the async runtime: {err}")))
+        .map_err(|err| {
+            Failure::new(
+                crate::ExitCode::Failure,
+                format!("cannot start the async runtime: {err}"),
+            )
+        })
         .and_then(|runtime| {
             runtime.block_on(async {
-                let cancellation = Cancellation::install()
-                    .map_err(|err| Failure::new(crate::ExitCode::Failure, format!("cannot watch signals: {err}")))?;
+                let cancellation = Cancellation::install().map_err(|err| {
+                    Failure::new(
+                        crate::ExitCode::Failure,
+                        format!("cannot watch signals: {err}"),
+                    )
+                })?;
                 work(cancellation).await
             })
         });

@@ -74,17 +74,23 @@ impl std::fmt::Debug for EventSink {
 
 impl EventSink {
     pub fn stdout() -> Self {
-        EventSink { out: Mutex::new(Box::new(io::stdout())) }
+        EventSink {
+            out: Mutex::new(Box::new(io::stdout())),
+        }
     }
 
     pub fn stderr() -> Self {
-        EventSink { out: Mutex::new(Box::new(io::stderr())) }
+        EventSink {
+            out: Mutex::new(Box::new(io::stderr())),
+        }
     }
 
     /// Appends to `path`, creating it if needed (so several runs can share one events file).
     pub fn file(path: &Path) -> io::Result<Self> {
         let file = File::options().create(true).append(true).open(path)?;
-        Ok(EventSink { out: Mutex::new(Box::new(file)) })
+        Ok(EventSink {
+            out: Mutex::new(Box::new(file)),
+        })
     }
 
     /// `--events FILE` when given, otherwise the stream the tool names as its default.
@@ -100,7 +106,10 @@ impl EventSink {
     pub fn emit(&self, event: &Event) -> io::Result<()> {
         let mut line = event.to_line();
         line.push('\n');
-        let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         out.write_all(line.as_bytes())?;
         out.flush()
     }
@@ -139,7 +148,12 @@ impl<R: BufRead> Iterator for EventReader<R> {
                 Ok(0) => return None,
                 Ok(_) if text.trim().is_empty() => continue,
                 Ok(_) => return Some(parse_line(&text, self.line)),
-                Err(err) => return Some(Err(EventParseError { line: self.line, message: err.to_string() })),
+                Err(err) => {
+                    return Some(Err(EventParseError {
+                        line: self.line,
+                        message: err.to_string(),
+                    }));
+                }
             }
         }
     }
@@ -158,9 +172,13 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_fields() {
-        let event = Event::new("s3-get", "download_complete").with("size", 42).with("key", "a/b");
+        let event = Event::new("s3-get", "download_complete")
+            .with("size", 42)
+            .with("key", "a/b");
         let line = event.to_line();
-        assert!(line.starts_with("{\"event\":\"download_complete\",\"tool\":\"s3-get\",\"time\":\""));
+        assert!(
+            line.starts_with("{\"event\":\"download_complete\",\"tool\":\"s3-get\",\"time\":\"")
+        );
         let back: Vec<_> = EventReader::new(line.as_bytes()).collect();
         assert_eq!(back, vec![Ok(event)]);
     }
@@ -168,7 +186,9 @@ mod tests {
     #[test]
     fn unknown_fields_are_kept_and_blank_lines_skipped() {
         let input = "\n{\"event\":\"x\",\"tool\":\"t\",\"time\":\"2026-01-01T00:00:00Z\",\"new_field\":[1]}\n\n";
-        let events: Vec<_> = EventReader::new(input.as_bytes()).collect::<Result<_, _>>().expect("valid");
+        let events: Vec<_> = EventReader::new(input.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("valid");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].get("new_field"), Some(&serde_json::json!([1])));
     }

@@ -39,13 +39,31 @@ impl ExitCode {
     pub const TABLE: &'static [(ExitCode, &'static str)] = &[
         (ExitCode::Success, "success"),
         (ExitCode::Failure, "an error that fits no other class"),
-        (ExitCode::Usage, "bad command line: unknown flag, bad s3:// URL, bad size or value"),
+        (
+            ExitCode::Usage,
+            "bad command line: unknown flag, bad s3:// URL, bad size or value",
+        ),
         (ExitCode::NotFound, "the bucket or object does not exist"),
-        (ExitCode::Access, "access denied, or missing or wrong credentials"),
-        (ExitCode::Verify, "data does not match its checksum or expected size"),
-        (ExitCode::Input, "the input failed: read error, --size mismatch, more than 10,000 parts"),
-        (ExitCode::Exists, "the object exists and --if-none-match forbade overwriting it"),
-        (ExitCode::Network, "S3 unreachable, timed out, or failing after every retry"),
+        (
+            ExitCode::Access,
+            "access denied, or missing or wrong credentials",
+        ),
+        (
+            ExitCode::Verify,
+            "data does not match its checksum or expected size",
+        ),
+        (
+            ExitCode::Input,
+            "the input failed: read error, --size mismatch, more than 10,000 parts",
+        ),
+        (
+            ExitCode::Exists,
+            "the object exists and --if-none-match forbade overwriting it",
+        ),
+        (
+            ExitCode::Network,
+            "S3 unreachable, timed out, or failing after every retry",
+        ),
         (ExitCode::Interrupted, "interrupted by SIGINT"),
         (ExitCode::Terminated, "terminated by SIGTERM"),
     ];
@@ -82,12 +100,20 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(exit: ExitCode, message: impl Into<String>) -> Self {
-        Failure { exit, status: None, message: message.into() }
+        Failure {
+            exit,
+            status: None,
+            message: message.into(),
+        }
     }
 
     /// A failure that exits with a raw status, such as a child process's.
     pub fn with_status(status: i32, message: impl Into<String>) -> Self {
-        Failure { exit: ExitCode::Failure, status: Some(status), message: message.into() }
+        Failure {
+            exit: ExitCode::Failure,
+            status: Some(status),
+            message: message.into(),
+        }
     }
 
     pub fn usage(message: impl Into<String>) -> Self {
@@ -157,16 +183,24 @@ where
             let code = inner.code().unwrap_or("");
             let message = inner.message().unwrap_or("");
             let exit = match (code, status) {
-                ("NoSuchBucket" | "NoSuchKey" | "NoSuchUpload" | "NotFound" | "NoSuchVersion", _) => {
-                    ExitCode::NotFound
-                }
                 (
-                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken"
-                    | "ExpiredToken" | "AllAccessDisabled" | "Forbidden",
+                    "NoSuchBucket" | "NoSuchKey" | "NoSuchUpload" | "NotFound" | "NoSuchVersion",
+                    _,
+                ) => ExitCode::NotFound,
+                (
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "InvalidToken"
+                    | "ExpiredToken"
+                    | "AllAccessDisabled"
+                    | "Forbidden",
                     _,
                 ) => ExitCode::Access,
                 ("PreconditionFailed" | "ConditionalRequestConflict", _) => ExitCode::Exists,
-                ("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout", _) => ExitCode::Network,
+                ("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout", _) => {
+                    ExitCode::Network
+                }
                 (_, 404) => ExitCode::NotFound,
                 (_, 401 | 403) => ExitCode::Access,
                 (_, 412) => ExitCode::Exists,
@@ -191,7 +225,10 @@ where
             if failure.is_timeout() {
                 (ExitCode::Network, "timed out".to_string())
             } else if failure.is_io() {
-                (ExitCode::Network, format!("cannot reach the S3 endpoint: {}", error_chain(err)))
+                (
+                    ExitCode::Network,
+                    format!("cannot reach the S3 endpoint: {}", error_chain(err)),
+                )
             } else {
                 (ExitCode::Network, error_chain(err))
             }
@@ -199,7 +236,10 @@ where
         SdkError::ConstructionFailure(_) => {
             let text = error_chain(err);
             if text.contains("credentials") {
-                (ExitCode::Access, format!("no usable AWS credentials: {text}"))
+                (
+                    ExitCode::Access,
+                    format!("no usable AWS credentials: {text}"),
+                )
             } else {
                 (ExitCode::Failure, text)
             }

@@ -41,8 +41,16 @@ pub fn init(verbosity: &Verbosity) {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::new(spec),
         _ => {
             let level = verbosity.level();
-            let sdk = if verbosity.verbose >= 2 { level } else { "warn" };
-            let sdk = if level == "off" || level == "error" { level } else { sdk };
+            let sdk = if verbosity.verbose >= 2 {
+                level
+            } else {
+                "warn"
+            };
+            let sdk = if level == "off" || level == "error" {
+                level
+            } else {
+                sdk
+            };
             EnvFilter::new(format!(
                 "{level},aws_config={sdk},aws_smithy_runtime={sdk},aws_smithy_http_client={sdk},aws_sdk_s3={sdk},hyper={sdk},rustls={sdk}"
             ))
@@ -55,5 +63,9 @@ pub fn init(verbosity: &Verbosity) {
         .with_target(detailed)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // A second init (in tests) is harmless: the first logger stays.
-    let _ = if detailed { builder.try_init() } else { builder.without_time().try_init() };
+    let _ = if detailed {
+        builder.try_init()
+    } else {
+        builder.without_time().try_init()
+    };
 }

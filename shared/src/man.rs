@@ -28,12 +28,27 @@ pub struct ManExtras {
 
 /// The environment variables that the S3 client reads.
 pub const S3_ENVIRONMENT: &[(&str, &str)] = &[
-    ("AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL", "S3 endpoint when --endpoint-url is not given (MinIO, Garage, ...). A custom endpoint implies path-style addressing and checksums only when required."),
-    ("AWS_REGION, AWS_DEFAULT_REGION", "region to sign for when --region is not given; us-east-1 when nothing names one."),
+    (
+        "AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL",
+        "S3 endpoint when --endpoint-url is not given (MinIO, Garage, ...). A custom endpoint implies path-style addressing and checksums only when required.",
+    ),
+    (
+        "AWS_REGION, AWS_DEFAULT_REGION",
+        "region to sign for when --region is not given; us-east-1 when nothing names one.",
+    ),
     ("AWS_PROFILE", "profile to use when --profile is not given."),
-    ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN", "credentials; otherwise the default chain is tried: profile files, web identity, ECS and EC2 instance metadata. Secrets are never printed."),
-    ("AWS_CA_BUNDLE", "PEM file of extra certificate authorities, when --ca-bundle is not given."),
-    ("AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION", "when_supported or when_required; set, they override the choice made for custom endpoints."),
+    (
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN",
+        "credentials; otherwise the default chain is tried: profile files, web identity, ECS and EC2 instance metadata. Secrets are never printed.",
+    ),
+    (
+        "AWS_CA_BUNDLE",
+        "PEM file of extra certificate authorities, when --ca-bundle is not given.",
+    ),
+    (
+        "AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION",
+        "when_supported or when_required; set, they override the choice made for custom endpoints.",
+    ),
 ];
 
 /// Renders the whole page for `cmd`.
@@ -66,12 +81,15 @@ pub fn render(cmd: clap::Command, extras: &ManExtras) -> Vec<u8> {
             for line in lines.lines() {
                 roff.text([roman(line)]);
             }
-            roff.control("fi", [] as [&str; 0]).control("RE", [] as [&str; 0]);
+            roff.control("fi", [] as [&str; 0])
+                .control("RE", [] as [&str; 0]);
         }
     }
     roff.control("SH", ["EXIT STATUS"]);
     for (code, meaning) in ExitCode::TABLE {
-        roff.control("TP", [] as [&str; 0]).text([bold(code.code().to_string())]).text([roman(*meaning)]);
+        roff.control("TP", [] as [&str; 0])
+            .text([bold(code.code().to_string())])
+            .text([roman(*meaning)]);
     }
     for note in &extras.exit_notes {
         roff.control("PP", [] as [&str; 0]).text([roman(*note)]);
@@ -83,10 +101,13 @@ pub fn render(cmd: clap::Command, extras: &ManExtras) -> Vec<u8> {
     environment.push(("RUST_LOG", "log filter (tracing syntax, e.g. debug or s3_get=trace); overrides -v and -q. Logs go to stderr."));
     roff.control("SH", ["ENVIRONMENT"]);
     for (name, meaning) in environment {
-        roff.control("TP", [] as [&str; 0]).text([bold(name)]).text([roman(meaning)]);
+        roff.control("TP", [] as [&str; 0])
+            .text([bold(name)])
+            .text([roman(meaning)]);
     }
     if !extras.see_also.is_empty() {
-        roff.control("SH", ["SEE ALSO"]).text([roman(extras.see_also.join(", "))]);
+        roff.control("SH", ["SEE ALSO"])
+            .text([roman(extras.see_also.join(", "))]);
     }
     out.extend(roff.render().into_bytes());
     out

@@ -85,8 +85,15 @@ impl S3Options {
     /// The endpoint in effect: the flag, then `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`.
     /// `None` means AWS itself. A trailing slash is dropped (some servers answer a bare 400).
     pub fn endpoint(&self) -> Option<String> {
-        let ignore_env = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_ok_and(|v| v == "true");
-        let from_env = |name: &str| if ignore_env { None } else { std::env::var(name).ok() };
+        let ignore_env =
+            std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_ok_and(|v| v == "true");
+        let from_env = |name: &str| {
+            if ignore_env {
+                None
+            } else {
+                std::env::var(name).ok()
+            }
+        };
         self.endpoint_url
             .clone()
             .or_else(|| from_env("AWS_ENDPOINT_URL_S3"))
@@ -133,10 +140,12 @@ impl S3Options {
         if let Some(url) = &endpoint {
             config = config.endpoint_url(url);
             if std::env::var_os("AWS_REQUEST_CHECKSUM_CALCULATION").is_none() {
-                config = config.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+                config =
+                    config.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
             }
             if std::env::var_os("AWS_RESPONSE_CHECKSUM_VALIDATION").is_none() {
-                config = config.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+                config =
+                    config.response_checksum_validation(ResponseChecksumValidation::WhenRequired);
             }
         }
         let path_style = match self.addressing_style {
@@ -155,8 +164,13 @@ impl S3Options {
     }
 
     /// The HTTPS client: rustls with the system's roots plus `--ca-bundle` / `AWS_CA_BUNDLE`.
-    fn http_client(&self) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Failure> {
-        let bundle = self.ca_bundle.clone().or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from));
+    fn http_client(
+        &self,
+    ) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Failure> {
+        let bundle = self
+            .ca_bundle
+            .clone()
+            .or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from));
         let mut trust = TrustStore::default();
         if let Some(path) = bundle.filter(|p| !p.as_os_str().is_empty()) {
             let pem = std::fs::read(&path).map_err(|err| {

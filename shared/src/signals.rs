@@ -69,9 +69,17 @@ impl Cancellation {
     /// The failure to exit with after cleaning up from a signal.
     pub fn failure(&self, what: &str) -> Failure {
         match self.signal() {
-            Some(15) => Failure::new(ExitCode::Terminated, format!("terminated by SIGTERM; {what}")),
-            Some(n) if n != 2 => Failure::with_status(128 + n, format!("stopped by signal {n}; {what}")),
-            _ => Failure::new(ExitCode::Interrupted, format!("interrupted by SIGINT; {what}")),
+            Some(15) => Failure::new(
+                ExitCode::Terminated,
+                format!("terminated by SIGTERM; {what}"),
+            ),
+            Some(n) if n != 2 => {
+                Failure::with_status(128 + n, format!("stopped by signal {n}; {what}"))
+            }
+            _ => Failure::new(
+                ExitCode::Interrupted,
+                format!("interrupted by SIGINT; {what}"),
+            ),
         }
     }
 }

@@ -16,7 +16,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .unwrap_or(trimmed.len());
     let (number, suffix) = trimmed.split_at(split);
     if number.is_empty() {
-        return Err(format!("'{text}' is not a size (examples: 4096, 512k, 8MiB, 1.5G, 10MB)"));
+        return Err(format!(
+            "'{text}' is not a size (examples: 4096, 512k, 8MiB, 1.5G, 10MB)"
+        ));
     }
     let value: f64 = number
         .parse()
@@ -52,8 +54,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Formats bytes the way `parse_size` reads them back, choosing the largest exact binary unit
 /// (`16MiB`), or one decimal place for display (`1.5GiB`) when `exact` is false.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 5] =
-        [("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 5] = [
+        ("PiB", 1 << 50),
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (unit, size) in UNITS {
         if bytes >= size {
             if bytes % size == 0 {
@@ -67,8 +74,9 @@ pub fn format_size(bytes: u64) -> String {
 
 /// Parses a duration such as `90s`, `5m`, `1h 30m` or `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|err| format!("'{text}' is not a duration ({err}; examples: 90s, 5m, 1h 30m, 250ms)"))
+    humantime::parse_duration(text.trim()).map_err(|err| {
+        format!("'{text}' is not a duration ({err}; examples: 90s, 5m, 1h 30m, 250ms)")
+    })
 }
 
 #[cfg(test)]
@@ -91,9 +99,17 @@ mod tests {
     fn bad_sizes_are_explained() {
         assert!(parse_size("").is_err());
         assert!(parse_size("MiB").is_err());
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_size("12 parsecs")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
         assert!(parse_size("1.5").unwrap_err().contains("whole number"));
-        assert!(parse_size("99999999999P").unwrap_err().contains("too large"));
+        assert!(
+            parse_size("99999999999P")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]

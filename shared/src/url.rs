@@ -21,7 +21,11 @@ pub enum S3UrlError {
     #[error("'{0}' has no bucket name (expected s3://BUCKET/KEY)")]
     NoBucket(String),
     #[error("'{url}': bad bucket name '{bucket}': {why}")]
-    BadBucket { url: String, bucket: String, why: &'static str },
+    BadBucket {
+        url: String,
+        bucket: String,
+        why: &'static str,
+    },
     #[error("'{0}' names a bucket but no object key (expected s3://BUCKET/KEY)")]
     NoKey(String),
     #[error("'{0}' ends with '/', which names a folder, not an object")]
@@ -54,7 +58,9 @@ impl S3Url {
 }
 
 fn split(text: &str) -> Result<(String, String), S3UrlError> {
-    let rest = text.strip_prefix("s3://").ok_or_else(|| S3UrlError::NotS3(text.to_string()))?;
+    let rest = text
+        .strip_prefix("s3://")
+        .ok_or_else(|| S3UrlError::NotS3(text.to_string()))?;
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(S3UrlError::NoBucket(text.to_string()));
@@ -73,7 +79,10 @@ fn check_bucket(bucket: &str) -> Result<(), &'static str> {
     if !(3..=63).contains(&bucket.len()) {
         return Err("must be 3 to 63 characters long");
     }
-    if !bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
         return Err("may hold only lower-case letters, digits, '.' and '-'");
     }
     let first = bucket.as_bytes()[0];
@@ -117,18 +126,51 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls_with_reasons() {
-        assert!(matches!(S3Url::parse_object("http://b/k"), Err(S3UrlError::NotS3(_))));
-        assert!(matches!(S3Url::parse_object("s3:///k"), Err(S3UrlError::NoBucket(_))));
-        assert!(matches!(S3Url::parse_object("s3://bucket"), Err(S3UrlError::NoKey(_))));
-        assert!(matches!(S3Url::parse_object("s3://bucket/"), Err(S3UrlError::NoKey(_))));
-        assert!(matches!(S3Url::parse_object("s3://bucket/dir/"), Err(S3UrlError::TrailingSlash(_))));
-        assert!(matches!(S3Url::parse_object("s3://My_Bucket/k"), Err(S3UrlError::BadBucket { .. })));
-        assert!(matches!(S3Url::parse_object("s3://ab/k"), Err(S3UrlError::BadBucket { .. })));
-        assert!(matches!(S3Url::parse_object("s3://a..b/k"), Err(S3UrlError::BadBucket { .. })));
-        assert!(matches!(S3Url::parse_object("s3://-ab/k"), Err(S3UrlError::BadBucket { .. })));
-        assert!(matches!(S3Url::parse_object("s3://10.0.0.1/k"), Err(S3UrlError::BadBucket { .. })));
+        assert!(matches!(
+            S3Url::parse_object("http://b/k"),
+            Err(S3UrlError::NotS3(_))
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3:///k"),
+            Err(S3UrlError::NoBucket(_))
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3://bucket"),
+            Err(S3UrlError::NoKey(_))
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3://bucket/"),
+            Err(S3UrlError::NoKey(_))
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3://bucket/dir/"),
+            Err(S3UrlError::TrailingSlash(_))
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3://My_Bucket/k"),
+            Err(S3UrlError::BadBucket { .. })
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3://ab/k"),
+            Err(S3UrlError::BadBucket { .. })
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3://a..b/k"),
+            Err(S3UrlError::BadBucket { .. })
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3://-ab/k"),
+            Err(S3UrlError::BadBucket { .. })
+        ));
+        assert!(matches!(
+            S3Url::parse_object("s3://10.0.0.1/k"),
+            Err(S3UrlError::BadBucket { .. })
+        ));
         let long = format!("s3://bucket/{}", "k".repeat(1025));
-        assert!(matches!(S3Url::parse_object(&long), Err(S3UrlError::KeyTooLong(_))));
+        assert!(matches!(
+            S3Url::parse_object(&long),
+            Err(S3UrlError::KeyTooLong(_))
+        ));
     }
 
     #[test]

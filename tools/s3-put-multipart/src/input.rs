@@ -90,7 +90,14 @@ pub fn start(
                 Source::Stdin => {
                     let stdin = io::stdin();
                     widen_pipe(&stdin);
-                    read_parts(stdin.lock(), &settings, &buffers, &runtime, &sender, &progress)
+                    read_parts(
+                        stdin.lock(),
+                        &settings,
+                        &buffers,
+                        &runtime,
+                        &sender,
+                        &progress,
+                    )
                 }
                 Source::Producer(stdout) => {
                     widen_pipe(&stdout);
@@ -136,7 +143,9 @@ fn read_parts(
         (&mut input)
             .take(settings.part_size)
             .read_to_end(&mut buffer)
-            .map_err(|err| Failure::input(format!("cannot read the input after {total} bytes: {err}")))?;
+            .map_err(|err| {
+                Failure::input(format!("cannot read the input after {total} bytes: {err}"))
+            })?;
         if buffer.is_empty() {
             break;
         }
@@ -161,17 +170,26 @@ fn read_parts(
             stream_crc = crc32c::crc32c_combine(stream_crc, crc, buffer.len());
             crc
         });
-        let sha256 = (settings.checksum == Some(crate::Checksum::Sha256)).then(|| Sha256::digest(&buffer).into());
+        let sha256 = (settings.checksum == Some(crate::Checksum::Sha256))
+            .then(|| Sha256::digest(&buffer).into());
         if let Some(out) = stdout.as_mut() {
             out.write_all(&buffer)
                 .and_then(|()| out.flush())
                 .map_err(|err| match err.kind() {
-                    io::ErrorKind::BrokenPipe => Failure::input("--tee: the reader of stdout went away; upload aborted"),
+                    io::ErrorKind::BrokenPipe => {
+                        Failure::input("--tee: the reader of stdout went away; upload aborted")
+                    }
                     _ => Failure::input(format!("--tee: cannot write to stdout: {err}")),
                 })?;
         }
         progress.inc(buffer.len() as u64);
-        let part = Part { number, data: Bytes::from(buffer), crc32c, sha256, _permit: permit };
+        let part = Part {
+            number,
+            data: Bytes::from(buffer),
+            crc32c,
+            sha256,
+            _permit: permit,
+        };
         if sender.blocking_send(Message::Part(part)).is_err() {
             // The upload side has stopped (it failed or was cancelled) and says why itself.
             return Err(Failure::input("upload stopped"));
@@ -206,5 +224,8 @@ pub fn producer_outcome(mut child: Child, name: &str) -> Result<(), Failure> {
         (None, Some(signal)) => (128 + signal, format!("was killed by signal {signal}")),
         _ => (1, "failed".to_string()),
     };
-    Err(Failure::with_status(code, format!("producer '{name}' {how}; upload aborted, nothing was stored")))
+    Err(Failure::with_status(
+        code,
+        format!("producer '{name}' {how}; upload aborted, nothing was stored"),
+    ))
 }

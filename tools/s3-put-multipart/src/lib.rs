@@ -167,7 +167,9 @@ pub struct Args {
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text.split_once('=').ok_or_else(|| format!("'{text}' is not KEY=VALUE"))?;
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))?;
     if key.is_empty() {
         return Err(format!("'{text}' has an empty key"));
     }
@@ -179,7 +181,10 @@ fn parse_storage_class(text: &str) -> Result<StorageClass, String> {
     if known.contains(&text) {
         Ok(StorageClass::from(text))
     } else {
-        Err(format!("unknown storage class '{text}' (known: {})", known.join(", ")))
+        Err(format!(
+            "unknown storage class '{text}' (known: {})",
+            known.join(", ")
+        ))
     }
 }
 
@@ -240,11 +245,19 @@ pub fn choose_part_size(part_size: u64, length: Option<u64>) -> Result<u64, Fail
         )));
     }
     if part_size > MAX_PART {
-        return Err(Failure::usage(format!("--part-size {} is over S3's maximum of 5GiB", format_size(part_size))));
+        return Err(Failure::usage(format!(
+            "--part-size {} is over S3's maximum of 5GiB",
+            format_size(part_size)
+        )));
     }
-    let Some(length) = length else { return Ok(part_size) };
+    let Some(length) = length else {
+        return Ok(part_size);
+    };
     if length > MAX_OBJECT {
-        return Err(Failure::usage(format!("{} is over S3's largest object of 5TiB", format_size(length))));
+        return Err(Failure::usage(format!(
+            "{} is over S3's largest object of 5TiB",
+            format_size(length)
+        )));
     }
     // Round up to whole MiB so the parts are a size people recognise in listings.
     let needed = length.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
@@ -255,7 +268,9 @@ fn object_settings(args: &Args) -> Result<ObjectSettings, Failure> {
     let mut metadata = HashMap::new();
     for (key, value) in &args.metadata {
         if key.eq_ignore_ascii_case(SHA256_METADATA_KEY) {
-            return Err(Failure::usage(format!("--metadata {key} is reserved: s3-put-multipart sets it itself")));
+            return Err(Failure::usage(format!(
+                "--metadata {key} is reserved: s3-put-multipart sets it itself"
+            )));
         }
         metadata.insert(key.to_ascii_lowercase(), value.clone());
     }
@@ -263,10 +278,14 @@ fn object_settings(args: &Args) -> Result<ObjectSettings, Failure> {
         return Err(Failure::usage("S3 allows at most 10 tags on an object"));
     }
     let tagging = (!args.tags.is_empty()).then(|| {
-        form_urlencoded::Serializer::new(String::new()).extend_pairs(args.tags.iter()).finish()
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(args.tags.iter())
+            .finish()
     });
     if args.sse_kms_key_id.is_some() && args.sse == Some(Sse::Aes256) {
-        return Err(Failure::usage("--sse-kms-key-id goes with --sse aws:kms, not AES256"));
+        return Err(Failure::usage(
+            "--sse-kms-key-id goes with --sse aws:kms, not AES256",
+        ));
     }
     Ok(ObjectSettings {
         url: args.url.clone(),
@@ -281,7 +300,12 @@ fn object_settings(args: &Args) -> Result<ObjectSettings, Failure> {
         metadata,
         tagging,
         acl: args.acl.map(|acl| {
-            ObjectCannedAcl::from(acl.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default().as_str())
+            ObjectCannedAcl::from(
+                acl.to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+                    .as_str(),
+            )
         }),
         if_none_match: args.if_none_match,
         checksum: args.checksum,
@@ -327,11 +351,21 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
     let started = Instant::now();
     let part_size = choose_part_size(args.part_size, args.size.or(args.expected_size))?;
     if part_size != args.part_size {
-        tracing::info!("part size {} so that the stream fits in {MAX_PARTS} parts", format_size(part_size));
+        tracing::info!(
+            "part size {} so that the stream fits in {MAX_PARTS} parts",
+            format_size(part_size)
+        );
     }
     let settings = Arc::new(object_settings(&args)?);
-    let sink = EventSink::from_option(args.events.as_deref(), if args.tee { EventSink::stderr } else { EventSink::stdout })
-        .map_err(|err| Failure::usage(format!("cannot open --events file: {err}")))?;
+    let sink = EventSink::from_option(
+        args.events.as_deref(),
+        if args.tee {
+            EventSink::stderr
+        } else {
+            EventSink::stdout
+        },
+    )
+    .map_err(|err| Failure::usage(format!("cannot open --events file: {err}")))?;
     let client = args.s3.client().await?;
     if args.if_none_match {
         upload::refuse_if_exists(&client, &args.url).await?;
@@ -344,12 +378,30 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
         (Some(producer), source)
     };
     let concurrency = usize::from(args.concurrency);
-    let progress = s3pipe::progress::bytes(args.size.or(args.expected_size), args.log.quiet > 0, "upload");
-    let reader = ReaderSettings { part_size, exact_size: args.size, checksum: args.checksum, tee: args.tee };
+    let progress = s3pipe::progress::bytes(
+        args.size.or(args.expected_size),
+        args.log.quiet > 0,
+        "upload",
+    );
+    let reader = ReaderSettings {
+        part_size,
+        exact_size: args.size,
+        checksum: args.checksum,
+        tee: args.tee,
+    };
     let buffers = Arc::new(Semaphore::new(concurrency + 2));
     let mut messages = input::start(source, reader, buffers, progress.clone());
 
-    let result = store(&client, &settings, &mut messages, &mut producer, &cancellation, part_size, concurrency).await;
+    let result = store(
+        &client,
+        &settings,
+        &mut messages,
+        &mut producer,
+        &cancellation,
+        part_size,
+        concurrency,
+    )
+    .await;
     progress.finish_and_clear();
     if let Some(producer) = producer.take() {
         producer.stop();
@@ -366,7 +418,10 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
         .with("sha256", hex::encode(end.sha256))
         .with("sha256_in_metadata", stored.sha256_in_metadata)
         .with("seconds", (seconds * 1000.0).round() / 1000.0)
-        .with("bytes_per_second", (end.bytes as f64 / seconds.max(1e-9)).round() as u64);
+        .with(
+            "bytes_per_second",
+            (end.bytes as f64 / seconds.max(1e-9)).round() as u64,
+        );
     if let Some(version) = &stored.version_id {
         event = event.with("version_id", version.as_str());
     }
@@ -375,14 +430,20 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
     }
     if let Err(err) = sink.emit(&event) {
         if !s3pipe::output::is_broken_pipe(&err) {
-            return Err(Failure::new(ExitCode::Failure, format!("the object is stored, but the event could not be written: {err}")));
+            return Err(Failure::new(
+                ExitCode::Failure,
+                format!("the object is stored, but the event could not be written: {err}"),
+            ));
         }
     }
     Ok(())
 }
 
 /// Receives the next message from the reader, unless a signal comes first.
-async fn next_message(messages: &mut mpsc::Receiver<Message>, cancellation: &Cancellation) -> Result<Message, Failure> {
+async fn next_message(
+    messages: &mut mpsc::Receiver<Message>,
+    cancellation: &Cancellation,
+) -> Result<Message, Failure> {
     tokio::select! {
         biased;
         _ = cancellation.token().cancelled() => Err(cancellation.failure("nothing was stored")),
@@ -396,8 +457,13 @@ async fn next_message(messages: &mut mpsc::Receiver<Message>, cancellation: &Can
 
 /// Checks the producer (if any) once the stream has ended: only a producer that exited 0 lets
 /// the object be stored.
-async fn producer_succeeded(producer: &mut Option<Producer>, cancellation: &Cancellation) -> Result<(), Failure> {
-    let Some(producer) = producer.take() else { return Ok(()) };
+async fn producer_succeeded(
+    producer: &mut Option<Producer>,
+    cancellation: &Cancellation,
+) -> Result<(), Failure> {
+    let Some(producer) = producer.take() else {
+        return Ok(());
+    };
     tokio::select! {
         biased;
         _ = cancellation.token().cancelled() => Err(cancellation.failure("nothing was stored")),
@@ -480,7 +546,15 @@ async fn store(
     .await;
     match outcome {
         Ok((stored, end)) => {
-            let stored = upload::add_sha256_metadata(client, settings, &stored, &end, part_size, concurrency).await;
+            let stored = upload::add_sha256_metadata(
+                client,
+                settings,
+                &stored,
+                &end,
+                part_size,
+                concurrency,
+            )
+            .await;
             Ok((stored, end))
         }
         Err(failure) => {
@@ -497,8 +571,14 @@ mod tests {
     #[test]
     fn part_size_limits() {
         assert_eq!(choose_part_size(16 << 20, None).expect("valid"), 16 << 20);
-        assert_eq!(choose_part_size(4 << 20, None).unwrap_err().exit, ExitCode::Usage);
-        assert_eq!(choose_part_size(6 << 30, None).unwrap_err().exit, ExitCode::Usage);
+        assert_eq!(
+            choose_part_size(4 << 20, None).unwrap_err().exit,
+            ExitCode::Usage
+        );
+        assert_eq!(
+            choose_part_size(6 << 30, None).unwrap_err().exit,
+            ExitCode::Usage
+        );
     }
 
     #[test]
@@ -509,8 +589,14 @@ mod tests {
         assert_eq!(part % (1 << 20), 0);
         assert!(part < 120 << 20);
         // Small streams keep the flag's size.
-        assert_eq!(choose_part_size(16 << 20, Some(1 << 30)).expect("valid"), 16 << 20);
-        assert_eq!(choose_part_size(16 << 20, Some(6 << 40)).unwrap_err().exit, ExitCode::Usage);
+        assert_eq!(
+            choose_part_size(16 << 20, Some(1 << 30)).expect("valid"),
+            16 << 20
+        );
+        assert_eq!(
+            choose_part_size(16 << 20, Some(6 << 40)).unwrap_err().exit,
+            ExitCode::Usage
+        );
     }
 
     #[test]

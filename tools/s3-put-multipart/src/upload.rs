@@ -60,7 +60,12 @@ fn crc_base64(crc: u32) -> String {
 
 /// The whole stream in one PutObject: used when it fits in one part, so that small objects cost
 /// one request and carry their SHA-256 from the start.
-pub async fn put_single(client: &Client, settings: &ObjectSettings, data: Bytes, end: &StreamEnd) -> Result<Stored, Failure> {
+pub async fn put_single(
+    client: &Client,
+    settings: &ObjectSettings,
+    data: Bytes,
+    end: &StreamEnd,
+) -> Result<Stored, Failure> {
     let mut metadata = settings.metadata.clone();
     metadata.insert(SHA256_METADATA_KEY.to_string(), hex::encode(end.sha256));
     let length = data.len() as i64;
@@ -79,12 +84,12 @@ pub async fn put_single(client: &Client, settings: &ObjectSettings, data: Bytes,
         .set_acl(settings.acl.clone())
         .set_if_none_match(settings.if_none_match.then(|| "*".to_string()));
     let request = match (settings.checksum, end.crc32c) {
-        (Some(Checksum::Crc32c), Some(crc)) => {
-            request.checksum_algorithm(ChecksumAlgorithm::Crc32C).checksum_crc32_c(crc_base64(crc))
-        }
-        (Some(Checksum::Sha256), _) => {
-            request.checksum_algorithm(ChecksumAlgorithm::Sha256).checksum_sha256(BASE64.encode(end.sha256))
-        }
+        (Some(Checksum::Crc32c), Some(crc)) => request
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .checksum_crc32_c(crc_base64(crc)),
+        (Some(Checksum::Sha256), _) => request
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(BASE64.encode(end.sha256)),
         _ => request,
     };
     let output = request
@@ -101,14 +106,23 @@ pub async fn put_single(client: &Client, settings: &ObjectSettings, data: Bytes,
 }
 
 /// Words an S3 error for the user, naming `--if-none-match` when that is what refused.
-fn upload_failure<E, R>(url: &S3Url, doing: &str, err: &aws_sdk_s3::error::SdkError<E, R>) -> Failure
+fn upload_failure<E, R>(
+    url: &S3Url,
+    doing: &str,
+    err: &aws_sdk_s3::error::SdkError<E, R>,
+) -> Failure
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + s3pipe::exit::HttpStatus + 'static,
 {
     let failure = Failure::from_sdk(format!("{doing} {url}"), err);
     if failure.exit == ExitCode::Exists {
-        return Failure::new(ExitCode::Exists, format!("{url} already exists and --if-none-match forbids overwriting it; nothing was changed"));
+        return Failure::new(
+            ExitCode::Exists,
+            format!(
+                "{url} already exists and --if-none-match forbids overwriting it; nothing was changed"
+            ),
+        );
     }
     failure
 }
@@ -129,17 +143,32 @@ impl Multipart {
             .send()
             .await
             .map_err(|err| upload_failure(&settings.url, "cannot start an upload to", &err))?;
-        let upload_id = output
-            .upload_id
-            .ok_or_else(|| Failure::new(ExitCode::Failure, "the server started an upload without an upload id"))?;
+        let upload_id = output.upload_id.ok_or_else(|| {
+            Failure::new(
+                ExitCode::Failure,
+                "the server started an upload without an upload id",
+            )
+        })?;
         tracing::info!(upload_id, "multipart upload started");
-        Ok(Multipart { client: client.clone(), settings, upload_id })
+        Ok(Multipart {
+            client: client.clone(),
+            settings,
+            upload_id,
+        })
     }
 
     /// Uploads one part, at most `requests` at a time across all parts.
-    pub async fn upload_part(&self, part: Part, requests: Arc<Semaphore>) -> Result<CompletedPart, Failure> {
-        let _slot = requests.acquire_owned().await.map_err(|_| Failure::input("upload stopped"))?;
-        let number = i32::try_from(part.number).map_err(|_| Failure::input("part number out of range"))?;
+    pub async fn upload_part(
+        &self,
+        part: Part,
+        requests: Arc<Semaphore>,
+    ) -> Result<CompletedPart, Failure> {
+        let _slot = requests
+            .acquire_owned()
+            .await
+            .map_err(|_| Failure::input("upload stopped"))?;
+        let number =
+            i32::try_from(part.number).map_err(|_| Failure::input("part number out of range"))?;
         let mut round = 0;
         loop {
             round += 1;
@@ -153,8 +182,12 @@ impl Multipart {
                 .content_length(part.data.len() as i64)
                 .body(ByteStream::from(part.data.clone()));
             let request = match (part.crc32c, part.sha256) {
-                (Some(crc), _) => request.checksum_algorithm(ChecksumAlgorithm::Crc32C).checksum_crc32_c(crc_base64(crc)),
-                (_, Some(sha)) => request.checksum_algorithm(ChecksumAlgorithm::Sha256).checksum_sha256(BASE64.encode(sha)),
+                (Some(crc), _) => request
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                    .checksum_crc32_c(crc_base64(crc)),
+                (_, Some(sha)) => request
+                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                    .checksum_sha256(BASE64.encode(sha)),
                 _ => request,
             };
             match request.customize().disable_payload_signing().send().await {
@@ -163,12 +196,21 @@ impl Multipart {
                     return Ok(CompletedPart::builder()
                         .part_number(number)
                         .set_e_tag(output.e_tag)
-                        .set_checksum_crc32_c(output.checksum_crc32_c.or(part.crc32c.map(crc_base64)))
-                        .set_checksum_sha256(output.checksum_sha256.or(part.sha256.map(|s| BASE64.encode(s))))
+                        .set_checksum_crc32_c(
+                            output.checksum_crc32_c.or(part.crc32c.map(crc_base64)),
+                        )
+                        .set_checksum_sha256(
+                            output
+                                .checksum_sha256
+                                .or(part.sha256.map(|s| BASE64.encode(s))),
+                        )
                         .build());
                 }
                 Err(err) => {
-                    let failure = Failure::from_sdk(format!("cannot store part {number} of {}", self.settings.url), &err);
+                    let failure = Failure::from_sdk(
+                        format!("cannot store part {number} of {}", self.settings.url),
+                        &err,
+                    );
                     if failure.exit != ExitCode::Network || round >= PART_ROUNDS {
                         return Err(failure);
                     }
@@ -180,7 +222,11 @@ impl Multipart {
     }
 
     /// Completes the upload: only now does the object become visible.
-    pub async fn complete(&self, mut parts: Vec<CompletedPart>, end: &StreamEnd) -> Result<Stored, Failure> {
+    pub async fn complete(
+        &self,
+        mut parts: Vec<CompletedPart>,
+        end: &StreamEnd,
+    ) -> Result<Stored, Failure> {
         parts.sort_by_key(|part| part.part_number);
         let request = self
             .client
@@ -188,16 +234,21 @@ impl Multipart {
             .bucket(&self.settings.url.bucket)
             .key(&self.settings.url.key)
             .upload_id(&self.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .set_if_none_match(self.settings.if_none_match.then(|| "*".to_string()));
         let request = match end.crc32c {
-            Some(crc) => request.checksum_type(ChecksumType::FullObject).checksum_crc32_c(crc_base64(crc)),
+            Some(crc) => request
+                .checksum_type(ChecksumType::FullObject)
+                .checksum_crc32_c(crc_base64(crc)),
             None => request,
         };
-        let output = request
-            .send()
-            .await
-            .map_err(|err| upload_failure(&self.settings.url, "cannot complete the upload of", &err))?;
+        let output = request.send().await.map_err(|err| {
+            upload_failure(&self.settings.url, "cannot complete the upload of", &err)
+        })?;
         Ok(Stored {
             etag: output.e_tag.unwrap_or_default(),
             version_id: output.version_id,
@@ -248,8 +299,12 @@ fn create_request(
         .set_tagging(settings.tagging.clone())
         .set_acl(settings.acl.clone());
     match settings.checksum {
-        Some(Checksum::Crc32c) => request.checksum_algorithm(ChecksumAlgorithm::Crc32C).checksum_type(ChecksumType::FullObject),
-        Some(Checksum::Sha256) => request.checksum_algorithm(ChecksumAlgorithm::Sha256).checksum_type(ChecksumType::Composite),
+        Some(Checksum::Crc32c) => request
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .checksum_type(ChecksumType::FullObject),
+        Some(Checksum::Sha256) => request
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_type(ChecksumType::Composite),
         None => request,
     }
 }
@@ -282,7 +337,10 @@ pub async fn add_sha256_metadata(
         .ok()
         .and_then(|v| v.status)
         .is_some_and(|status| status == aws_sdk_s3::types::BucketVersioningStatus::Enabled);
-    let stored = &Stored { version_id: stored.version_id.clone().filter(|_| versioned), ..stored.clone() };
+    let stored = &Stored {
+        version_id: stored.version_id.clone().filter(|_| versioned),
+        ..stored.clone()
+    };
     let mut source = format!(
         "{}/{}",
         settings.url.bucket,
@@ -295,7 +353,17 @@ pub async fn add_sha256_metadata(
     let result = if end.bytes <= MAX_SINGLE_REQUEST {
         copy_in_one(client, settings, &source, stored, metadata).await
     } else {
-        copy_in_parts(client, settings, &source, stored, metadata, end.bytes, part_size, concurrency).await
+        copy_in_parts(
+            client,
+            settings,
+            &source,
+            stored,
+            metadata,
+            end.bytes,
+            part_size,
+            concurrency,
+        )
+        .await
     };
     match result {
         Ok(copied) => {
@@ -311,7 +379,13 @@ pub async fn add_sha256_metadata(
                         .send()
                         .await;
                     if let Err(err) = deleted {
-                        tracing::warn!("{}", Failure::from_sdk("cannot remove the version without the SHA-256", &err));
+                        tracing::warn!(
+                            "{}",
+                            Failure::from_sdk(
+                                "cannot remove the version without the SHA-256",
+                                &err
+                            )
+                        );
                     }
                 }
             }
@@ -359,7 +433,10 @@ async fn copy_in_one(
         .await
         .map_err(|err| Failure::from_sdk("copy", &err))?;
     Ok(Stored {
-        etag: output.copy_object_result.and_then(|r| r.e_tag).unwrap_or_else(|| stored.etag.clone()),
+        etag: output
+            .copy_object_result
+            .and_then(|r| r.e_tag)
+            .unwrap_or_else(|| stored.etag.clone()),
         version_id: output.version_id,
         sha256_in_metadata: true,
     })
@@ -383,7 +460,11 @@ async fn copy_in_parts(
         .await
         .map_err(|err| Failure::from_sdk("copy", &err))?;
     let upload_id = created.upload_id.unwrap_or_default();
-    let copy = Multipart { client: client.clone(), settings: Arc::new(plain), upload_id };
+    let copy = Multipart {
+        client: client.clone(),
+        settings: Arc::new(plain),
+        upload_id,
+    };
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, start) in (0..size).step_by(part_size as usize).enumerate() {
@@ -400,7 +481,10 @@ async fn copy_in_parts(
         let slots = slots.clone();
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let output = request.send().await.map_err(|err| Failure::from_sdk("copy part", &err))?;
+            let output = request
+                .send()
+                .await
+                .map_err(|err| Failure::from_sdk("copy part", &err))?;
             Ok::<_, Failure>(
                 CompletedPart::builder()
                     .part_number(index as i32 + 1)
@@ -411,7 +495,10 @@ async fn copy_in_parts(
     }
     let mut parts = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        match joined.map_err(|err| Failure::new(ExitCode::Failure, err.to_string())).and_then(|r| r) {
+        match joined
+            .map_err(|err| Failure::new(ExitCode::Failure, err.to_string()))
+            .and_then(|r| r)
+        {
             Ok(part) => parts.push(part),
             Err(failure) => {
                 tasks.abort_all();
@@ -420,7 +507,12 @@ async fn copy_in_parts(
             }
         }
     }
-    let no_checksum = StreamEnd { bytes: size, parts: parts.len() as u64, sha256: [0; 32], crc32c: None };
+    let no_checksum = StreamEnd {
+        bytes: size,
+        parts: parts.len() as u64,
+        sha256: [0; 32],
+        crc32c: None,
+    };
     match copy.complete(parts, &no_checksum).await {
         Ok(mut done) => {
             done.sha256_in_metadata = true;
@@ -440,10 +532,18 @@ async fn copy_in_parts(
 /// again before it completes. On such servers a writer racing between that look and the
 /// completion can still be overwritten; on AWS and MinIO it cannot.
 pub async fn refuse_if_exists(client: &Client, url: &S3Url) -> Result<(), Failure> {
-    match client.head_object().bucket(&url.bucket).key(&url.key).send().await {
+    match client
+        .head_object()
+        .bucket(&url.bucket)
+        .key(&url.key)
+        .send()
+        .await
+    {
         Ok(_) => Err(Failure::new(
             ExitCode::Exists,
-            format!("{url} already exists and --if-none-match forbids overwriting it; nothing was changed"),
+            format!(
+                "{url} already exists and --if-none-match forbids overwriting it; nothing was changed"
+            ),
         )),
         Err(err) => {
             let failure = Failure::from_sdk(format!("cannot check whether {url} exists"), &err);
