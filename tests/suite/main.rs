@@ -1,1 +1,7 @@
+//! The workspace integration suite: one test binary, so one link and one shared S3 server.
 
+mod errors;
+mod faults;
+mod man_pages;
+mod round_trip;
+mod safety;

@@ -59,7 +59,7 @@ pub struct Args {
     pub url: S3Url,
 
     /// Only these bytes: START-END (inclusive), START- (to the end) or -N (the last N); sizes like 8MiB allowed
-    #[arg(long, value_name = "RANGE")]
+    #[arg(long, value_name = "RANGE", allow_hyphen_values = true)]
     pub range: Option<String>,
 
     /// Size of each ranged GET
