@@ -214,7 +214,8 @@ where
                     412 => "precondition failed (HTTP 412)".to_string(),
                     s => format!("HTTP {s}"),
                 },
-                (code, "") => code.to_string(),
+                ("NotFound", "") => "no such bucket or object (HTTP 404)".to_string(),
+                (code, "") => format!("{code} (HTTP {status})"),
                 ("", message) => format!("HTTP {status}: {message}"),
                 (code, message) => format!("{code}: {message}"),
             };
