@@ -21,6 +21,19 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use s3pipe::Failure;
 use s3pipe::units::format_size;
 
+/// Part buffers handed back after their upload, for the reader to fill again. Reusing them saves
+/// mapping and faulting in fresh pages for every part, which cost more CPU than the SHA-256.
+pub type BufferPool = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// Returns a part's buffer to the pool once nothing else holds it.
+pub fn recycle(part: Part, pool: &BufferPool) {
+    if let Ok(unique) = part.data.try_into_mut() {
+        let mut buffer = Vec::from(unique);
+        buffer.clear();
+        pool.lock().unwrap_or_else(|p| p.into_inner()).push(buffer);
+    }
+}
+
 /// S3's limit on parts in one multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
 
@@ -79,6 +92,7 @@ pub fn start(
     source: Source,
     settings: ReaderSettings,
     buffers: Arc<Semaphore>,
+    pool: BufferPool,
     progress: indicatif::ProgressBar,
 ) -> mpsc::Receiver<Message> {
     let (sender, receiver) = mpsc::channel(1);
@@ -94,6 +108,7 @@ pub fn start(
                         stdin.lock(),
                         &settings,
                         &buffers,
+                        &pool,
                         &runtime,
                         &sender,
                         &progress,
@@ -101,7 +116,9 @@ pub fn start(
                 }
                 Source::Producer(stdout) => {
                     widen_pipe(&stdout);
-                    read_parts(stdout, &settings, &buffers, &runtime, &sender, &progress)
+                    read_parts(
+                        stdout, &settings, &buffers, &pool, &runtime, &sender, &progress,
+                    )
                 }
             };
             let message = match result {
@@ -124,6 +141,7 @@ fn read_parts(
     mut input: impl Read,
     settings: &ReaderSettings,
     buffers: &Arc<Semaphore>,
+    pool: &BufferPool,
     runtime: &tokio::runtime::Handle,
     sender: &mpsc::Sender<Message>,
     progress: &indicatif::ProgressBar,
@@ -137,7 +155,8 @@ fn read_parts(
         let permit = runtime
             .block_on(buffers.clone().acquire_owned())
             .map_err(|_| Failure::input("upload stopped"))?;
-        let mut buffer = Vec::with_capacity(settings.part_size as usize);
+        let reused = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buffer = reused.unwrap_or_else(|| Vec::with_capacity(settings.part_size as usize));
         // `take` + `read_to_end` fills the buffer without zeroing it first and stops at the part
         // size; it retries EINTR and returns at EOF.
         (&mut input)

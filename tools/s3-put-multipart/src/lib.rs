@@ -390,7 +390,8 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
         tee: args.tee,
     };
     let buffers = Arc::new(Semaphore::new(concurrency + 2));
-    let mut messages = input::start(source, reader, buffers, progress.clone());
+    let pool = input::BufferPool::default();
+    let mut messages = input::start(source, reader, buffers, pool.clone(), progress.clone());
 
     let result = store(
         &client,
@@ -400,6 +401,7 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
         &cancellation,
         part_size,
         concurrency,
+        pool,
     )
     .await;
     progress.finish_and_clear();
@@ -471,6 +473,7 @@ async fn producer_succeeded(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn store(
     client: &aws_sdk_s3::Client,
     settings: &Arc<ObjectSettings>,
@@ -479,6 +482,7 @@ async fn store(
     cancellation: &Cancellation,
     part_size: u64,
     concurrency: usize,
+    pool: input::BufferPool,
 ) -> Result<(Stored, StreamEnd), Failure> {
     // One part of look-ahead decides between a single PutObject and a multipart upload.
     let first = match next_message(messages, cancellation).await? {
@@ -500,7 +504,7 @@ async fn store(
         Message::Failed(failure) => return Err(failure),
     };
 
-    let multipart = Arc::new(Multipart::create(client, settings.clone()).await?);
+    let multipart = Arc::new(Multipart::create(client, settings.clone(), pool).await?);
     let outcome = async {
         let requests = Arc::new(Semaphore::new(concurrency));
         let mut uploads = JoinSet::new();

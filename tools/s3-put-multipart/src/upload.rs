@@ -133,11 +133,17 @@ pub struct Multipart {
     client: Client,
     settings: Arc<ObjectSettings>,
     pub upload_id: String,
+    /// Where finished parts' buffers go back to.
+    pub pool: crate::input::BufferPool,
 }
 
 impl Multipart {
     /// Starts the upload. The SHA-256 is not known yet; it is added once the stream has ended.
-    pub async fn create(client: &Client, settings: Arc<ObjectSettings>) -> Result<Self, Failure> {
+    pub async fn create(
+        client: &Client,
+        settings: Arc<ObjectSettings>,
+        pool: crate::input::BufferPool,
+    ) -> Result<Self, Failure> {
         let request = create_request(client, &settings, settings.metadata.clone());
         let output = request
             .send()
@@ -154,6 +160,7 @@ impl Multipart {
             client: client.clone(),
             settings,
             upload_id,
+            pool,
         })
     }
 
@@ -193,7 +200,7 @@ impl Multipart {
             match request.customize().disable_payload_signing().send().await {
                 Ok(output) => {
                     tracing::debug!(part = number, bytes = part.data.len(), "part stored");
-                    return Ok(CompletedPart::builder()
+                    let completed = CompletedPart::builder()
                         .part_number(number)
                         .set_e_tag(output.e_tag)
                         .set_checksum_crc32_c(
@@ -204,7 +211,9 @@ impl Multipart {
                                 .checksum_sha256
                                 .or(part.sha256.map(|s| BASE64.encode(s))),
                         )
-                        .build());
+                        .build();
+                    crate::input::recycle(part, &self.pool);
+                    return Ok(completed);
                 }
                 Err(err) => {
                     let failure = Failure::from_sdk(
@@ -464,6 +473,7 @@ async fn copy_in_parts(
         client: client.clone(),
         settings: Arc::new(plain),
         upload_id,
+        pool: Default::default(),
     };
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
