@@ -45,7 +45,7 @@ const RANGE_ROUNDS: u32 = 4;
     version,
     about = "Stream one S3 object (or a byte range) to stdout by parallel ranged GETs, in order, verified",
     long_about = "Writes an S3 object to stdout. Ranges of --part-size are fetched --concurrency at a time and \
-written strictly in order; memory stays within about (concurrency + 1) x part size. Every GET is pinned to the \
+written strictly in order; memory stays within about (concurrency + 2) x part size. Every GET is pinned to the \
 object found at the start (by version id or ETag), so an object overwritten during the download fails the run \
 rather than mixing two objects.\n\n\
 The whole object is verified against the SHA-256 that s3-put-multipart stored in its metadata, or else against \
@@ -226,6 +226,11 @@ async fn head(client: &Client, args: &Args) -> Result<Object, Failure> {
     })
 }
 
+/// Range buffers handed back by the writer for the next GETs. Reuse keeps the process at its
+/// (concurrency + 2) buffers: freshly allocated 16 MiB buffers freed on another thread fragment
+/// the allocator's arenas and leave RSS well above what is live.
+type BufferPool = Arc<std::sync::Mutex<Vec<BytesMut>>>;
+
 /// One ranged GET, read whole into memory, retried when the body breaks off.
 async fn fetch_range(
     client: Client,
@@ -234,6 +239,7 @@ async fn fetch_range(
     start: u64,
     end: u64,
     requests: Arc<Semaphore>,
+    pool: BufferPool,
 ) -> Result<Bytes, Failure> {
     let _slot = requests
         .acquire_owned()
@@ -254,7 +260,10 @@ async fn fetch_range(
             .await;
         let failure = match response {
             Ok(output) => {
-                let mut buffer = BytesMut::with_capacity((end - start) as usize);
+                let reused = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let mut buffer = reused.unwrap_or_default();
+                buffer.clear();
+                buffer.reserve((end - start) as usize);
                 let mut body = output.body;
                 let mut broke = None;
                 loop {
@@ -311,6 +320,7 @@ type WriterResult = Result<(Hasher, bool), Failure>;
 /// Starts the thread that writes ranges to stdout in order and hashes them.
 fn start_writer(
     expected: &Expected,
+    pool: BufferPool,
 ) -> Result<
     (
         std::sync::mpsc::SyncSender<Bytes>,
@@ -326,14 +336,19 @@ fn start_writer(
             .try_clone_to_owned()
             .map_err(|err| Failure::new(ExitCode::Failure, format!("stdout: {err}")))?,
     );
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<Bytes>(1);
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Bytes>(0);
     let mut hasher = Hasher::new(expected);
     let handle = std::thread::Builder::new()
         .name("output".into())
         .spawn(move || {
             for data in receiver {
                 match s3pipe::output::write_stdout(&mut out, &data) {
-                    Ok(true) => hasher.update(&data),
+                    Ok(true) => {
+                        hasher.update(&data);
+                        if let Ok(buffer) = data.try_into_mut() {
+                            pool.lock().unwrap_or_else(|p| p.into_inner()).push(buffer);
+                        }
+                    }
                     Ok(false) => return Ok((hasher, true)),
                     Err(err) => {
                         return Err(Failure::new(
@@ -382,7 +397,8 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
     );
 
     let progress = s3pipe::progress::bytes(Some(end - start), args.log.quiet > 0, "download");
-    let (sender, writer) = start_writer(&expected)?;
+    let pool = BufferPool::default();
+    let (sender, writer) = start_writer(&expected, pool.clone())?;
     let url = Arc::new(args.url.clone());
     let pin = Arc::new((object.version_id.clone(), object.etag.clone()));
     let concurrency = usize::from(args.concurrency);
@@ -392,9 +408,10 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
     let mut reader_gone = false;
     let outcome: Result<(), Failure> = async {
         loop {
-            // Keep `concurrency` ranges in flight plus one ready for the writer; memory is bounded
+            // Keep `concurrency` ranges in flight or waiting, one being handed over and one being
+            // written: (concurrency + 2) buffers, bounded
             // by how many are pending, not by the object's size.
-            while pending.len() <= concurrency {
+            while pending.len() < concurrency {
                 let Some(offset) = offsets.next() else { break };
                 let range_end = (offset + args.part_size).min(end);
                 pending.push_back(tokio::spawn(fetch_range(
@@ -404,6 +421,7 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
                     offset,
                     range_end,
                     requests.clone(),
+                    pool.clone(),
                 )));
             }
             let Some(next) = pending.pop_front() else { return Ok(()) };
