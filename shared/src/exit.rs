@@ -223,7 +223,13 @@ where
         }
         SdkError::TimeoutError(_) => (ExitCode::Network, "timed out".to_string()),
         SdkError::DispatchFailure(failure) => {
-            if failure.is_timeout() {
+            let text = error_chain(err);
+            if text.contains("no credentials") {
+                (
+                    ExitCode::Access,
+                    "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use --profile".to_string(),
+                )
+            } else if failure.is_timeout() {
                 (ExitCode::Network, "timed out".to_string())
             } else if failure.is_io() {
                 (

@@ -34,7 +34,7 @@ impl Verbosity {
 
 /// Installs the stderr logger. `RUST_LOG`, when set, replaces the level given by `-v`/`-q`.
 ///
-/// Below `-vv`, the AWS SDK's own crates stay at `warn` so that `-v` shows what the tool does, not
+/// Below `-vv`, the AWS SDK's own crates stay at `error` (the tool's own error line says what failed) so that `-v` shows what the tool does, not
 /// every HTTP request.
 pub fn init(verbosity: &Verbosity) {
     let filter = match std::env::var("RUST_LOG") {
@@ -44,7 +44,7 @@ pub fn init(verbosity: &Verbosity) {
             let sdk = if verbosity.verbose >= 2 {
                 level
             } else {
-                "warn"
+                "error"
             };
             let sdk = if level == "off" || level == "error" {
                 level

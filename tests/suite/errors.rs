@@ -113,3 +113,19 @@ fn unreachable_endpoint_is_a_network_error() {
         .code(8);
     one_line(&out.get_output().stderr);
 }
+
+#[test]
+fn missing_credentials_are_an_access_error() {
+    let out = tool("s3-put-multipart")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+        .arg("s3://some-bucket/k")
+        .write_stdin("data")
+        .assert()
+        .code(4);
+    assert!(one_line(&out.get_output().stderr).contains("no AWS credentials"));
+}
