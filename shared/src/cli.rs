@@ -16,7 +16,7 @@ where
     F: FnOnce(Cancellation) -> Fut,
     Fut: Future<Output = Result<(), Failure>>,
 {
-    logging::init(verbosity);
+    logging::init(tool, verbosity);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

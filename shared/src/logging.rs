@@ -34,26 +34,22 @@ impl Verbosity {
 
 /// Installs the stderr logger. `RUST_LOG`, when set, replaces the level given by `-v`/`-q`.
 ///
-/// Below `-vv`, the AWS SDK's own crates stay at `error` (the tool's own error line says what failed) so that `-v` shows what the tool does, not
-/// every HTTP request.
-pub fn init(verbosity: &Verbosity) {
+/// `-v` is about what the tool does: the tool's crate (its name with `_` for `-`) and this one log
+/// at the chosen level, while every other crate (the AWS SDK warning about each credential source
+/// it tries, hyper, rustls) stays at `error` until `-vv`, because the tool's own error line
+/// already says what failed.
+pub fn init(tool: &str, verbosity: &Verbosity) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::new(spec),
         _ => {
             let level = verbosity.level();
-            let sdk = if verbosity.verbose >= 2 {
-                level
-            } else {
-                "error"
+            let others = match (verbosity.verbose, level) {
+                (_, "off") => "off",
+                (v, _) if v >= 2 => level,
+                _ => "error",
             };
-            let sdk = if level == "off" || level == "error" {
-                level
-            } else {
-                sdk
-            };
-            EnvFilter::new(format!(
-                "{level},aws_config={sdk},aws_smithy_runtime={sdk},aws_smithy_http_client={sdk},aws_sdk_s3={sdk},hyper={sdk},rustls={sdk}"
-            ))
+            let crate_name = tool.replace('-', "_");
+            EnvFilter::new(format!("{others},s3pipe={level},{crate_name}={level}"))
         }
     };
     let detailed = verbosity.verbose >= 2;
