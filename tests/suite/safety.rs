@@ -33,7 +33,16 @@ fn if_none_match_refuses_to_overwrite() {
 
 #[test]
 fn sigterm_mid_upload_leaves_nothing() {
-    let bucket = new_bucket("sigterm");
+    signal_mid_upload_leaves_nothing("TERM", 143, "SIGTERM");
+}
+
+#[test]
+fn sigint_mid_upload_leaves_nothing() {
+    signal_mid_upload_leaves_nothing("INT", 130, "SIGINT");
+}
+
+fn signal_mid_upload_leaves_nothing(signal: &str, status: i32, named: &str) {
+    let bucket = new_bucket(signal);
     let mut child = Command::new(bin("s3-put-multipart"))
         .args(["--part-size", "5MiB", "--concurrency", "2"])
         .arg(format!("s3://{bucket}/k"))
@@ -51,18 +60,18 @@ fn sigterm_mid_upload_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([format!("-{signal}"), child.id().to_string()])
         .status()
         .expect("kill");
     let output = child.wait_with_output().expect("wait");
     drop(stdin);
     assert_eq!(
         output.status.code(),
-        Some(143),
+        Some(status),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stderr).contains("SIGTERM"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(named));
     assert!(object(&bucket, "k").is_none(), "no object may appear");
     assert_eq!(
         open_uploads(&bucket),
