@@ -11,10 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// A byte-count progress bar: with a length when the total is known, a spinner otherwise.
 pub fn bytes(total: Option<u64>, quiet: bool, message: &str) -> ProgressBar {
     let visible = !quiet && std::io::stderr().is_terminal();
-    let bar = match total {
-        Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden()),
-        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()),
-    };
+    let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden());
     let template = if total.is_some() {
         "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}"
     } else {

@@ -51,8 +51,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// Formats bytes the way `parse_size` reads them back, choosing the largest exact binary unit
-/// (`16MiB`), or one decimal place for display (`1.5GiB`) when `exact` is false.
+/// Formats bytes in the largest binary unit: exactly when it divides (`16MiB`, which `parse_size`
+/// reads back), otherwise to one decimal place for display (`1.5GiB`).
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 5] = [
         ("PiB", 1 << 50),

@@ -117,12 +117,7 @@ where
 {
     let failure = Failure::from_sdk(format!("{doing} {url}"), err);
     if failure.exit == ExitCode::Exists {
-        return Failure::new(
-            ExitCode::Exists,
-            format!(
-                "{url} already exists and --if-none-match forbids overwriting it; nothing was changed"
-            ),
-        );
+        return exists_failure(url);
     }
     failure
 }
@@ -535,6 +530,16 @@ async fn copy_in_parts(
     }
 }
 
+/// The refusal `--if-none-match` ends with, whichever check found the object.
+fn exists_failure(url: &S3Url) -> Failure {
+    Failure::new(
+        ExitCode::Exists,
+        format!(
+            "{url} already exists and --if-none-match forbids overwriting it; nothing was changed"
+        ),
+    )
+}
+
 /// For `--if-none-match`: whether the key already holds an object.
 ///
 /// The conditional header is what makes the refusal atomic on AWS and MinIO; some servers
@@ -549,12 +554,7 @@ pub async fn refuse_if_exists(client: &Client, url: &S3Url) -> Result<(), Failur
         .send()
         .await
     {
-        Ok(_) => Err(Failure::new(
-            ExitCode::Exists,
-            format!(
-                "{url} already exists and --if-none-match forbids overwriting it; nothing was changed"
-            ),
-        )),
+        Ok(_) => Err(exists_failure(url)),
         Err(err) => {
             let failure = Failure::from_sdk(format!("cannot check whether {url} exists"), &err);
             match failure.exit {
