@@ -112,3 +112,33 @@ pub fn render(cmd: clap::Command, extras: &ManExtras) -> Vec<u8> {
     out.extend(roff.render().into_bytes());
     out
 }
+
+/// Fails (panics, for a test) when `man/<tool>.1` differs from the page rendered now.
+///
+/// Each tool crate calls this from its own test, so a tool's page is checked with the tool and no
+/// crate has to link every tool. `S3PIPE_UPDATE_MAN=1` rewrites the page instead. `manifest_dir`
+/// is the calling crate's `CARGO_MANIFEST_DIR`; `man/` is found in the nearest ancestor holding it.
+pub fn assert_fresh(tool: &str, cmd: clap::Command, extras: &ManExtras, manifest_dir: &str) {
+    let rendered = render(cmd, extras);
+    assert!(
+        String::from_utf8_lossy(&rendered).contains("EXIT STATUS"),
+        "the {tool} page has no EXIT STATUS section"
+    );
+    let man_dir = std::path::Path::new(manifest_dir)
+        .ancestors()
+        .map(|dir| dir.join("man"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| panic!("no man/ directory above {manifest_dir}"));
+    let path = man_dir.join(format!("{tool}.1"));
+    if std::env::var_os("S3PIPE_UPDATE_MAN").is_some() {
+        if let Err(err) = std::fs::write(&path, &rendered) {
+            panic!("cannot write {}: {err}", path.display());
+        }
+        return;
+    }
+    assert!(
+        std::fs::read(&path).ok().as_deref() == Some(rendered.as_slice()),
+        "stale man page {}: regenerate with S3PIPE_UPDATE_MAN=1 scripts/test",
+        path.display()
+    );
+}

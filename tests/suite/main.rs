@@ -2,6 +2,5 @@
 
 mod errors;
 mod faults;
-mod man_pages;
 mod round_trip;
 mod safety;

@@ -1,0 +1,3 @@
+fn main() {
+    ebs_attach::main()
+}

@@ -1,0 +1,3 @@
+fn main() {
+    syslog_rotate::main()
+}

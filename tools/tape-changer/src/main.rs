@@ -1,0 +1,3 @@
+fn main() {
+    tape_changer::main()
+}
