@@ -4,3 +4,4 @@ mod errors;
 mod faults;
 mod round_trip;
 mod safety;
+mod tls;
