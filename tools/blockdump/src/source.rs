@@ -1,0 +1,319 @@
+//! The input: a block device, an image file or stdin, and reading it as raw chunks.
+//!
+//! A device's size comes from seeking to its end (the kernel answers that from the same value the
+//! BLKGETSIZE64 ioctl returns, without `unsafe`). Files are read with `pread` so that a read
+//! error can be retried sector by sector at a known offset; holes in image files are found with
+//! `SEEK_DATA`/`SEEK_HOLE` and never read at all.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{Whence, lseek};
+use serde_json::json;
+
+use s3pipe::Failure;
+use s3pipe::event::EventReader;
+use s3pipe::signals::Cancellation;
+
+use crate::stream::ChunkSink;
+
+/// What kind of thing the input is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Device,
+    File,
+    Stdin,
+}
+
+/// An opened input.
+#[derive(Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// Known for devices and files, not for stdin.
+    pub size: Option<u64>,
+    pub file: Option<File>,
+}
+
+impl Source {
+    pub fn display(&self) -> String {
+        match self.kind {
+            Kind::Stdin => "-".to_string(),
+            _ => self.path.display().to_string(),
+        }
+    }
+}
+
+/// Opens `path` (or stdin for `-`) read-only.
+pub fn open(path: &Path) -> Result<Source, Failure> {
+    if path == Path::new("-") {
+        return Ok(Source {
+            path: path.to_path_buf(),
+            kind: Kind::Stdin,
+            size: None,
+            file: None,
+        });
+    }
+    let mut file = File::open(path)
+        .map_err(|err| Failure::input(format!("cannot open {}: {err}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|err| Failure::input(format!("cannot stat {}: {err}", path.display())))?;
+    let kind = if meta.file_type().is_block_device() {
+        Kind::Device
+    } else if meta.is_file() {
+        Kind::File
+    } else {
+        return Err(Failure::usage(format!(
+            "{} is neither a block device nor a regular file (use - for stdin)",
+            path.display()
+        )));
+    };
+    let size = match kind {
+        Kind::Device => {
+            let size = file.seek(SeekFrom::End(0)).map_err(|err| {
+                Failure::input(format!("cannot read the size of {}: {err}", path.display()))
+            })?;
+            file.seek(SeekFrom::Start(0))?;
+            size
+        }
+        _ => meta.len(),
+    };
+    Ok(Source {
+        path: path.to_path_buf(),
+        kind,
+        size: Some(size),
+        file: Some(file),
+    })
+}
+
+/// Reads JSON events from `input` until the first one with a string `device` field (from
+/// ebs-attach), without waiting for the end of the input: ebs-attach keeps its stdout open until
+/// its reader exits, so that it can detach the volume afterwards.
+pub fn device_from_events(
+    input: impl io::BufRead,
+) -> Result<(PathBuf, serde_json::Map<String, serde_json::Value>), Failure> {
+    for event in EventReader::new(input) {
+        let event = event.map_err(|err| Failure::input(format!("--from-event: {err}")))?;
+        if let Some(device) = event.get_str("device") {
+            let mut fields = serde_json::Map::new();
+            fields.insert("event".into(), json!(event.event));
+            fields.insert("tool".into(), json!(event.tool));
+            if let Some(volume) = event.get("volume_id") {
+                fields.insert("volume_id".into(), volume.clone());
+            }
+            return Ok((PathBuf::from(device), fields));
+        }
+    }
+    Err(Failure::input(
+        "--from-event: stdin ended without an event naming a device (a \"device\" field)",
+    ))
+}
+
+/// Byte ranges `[start, end)` of `file` that hold data; everything else is a hole.
+/// `None` when the file system cannot say (then everything is read).
+pub fn data_ranges(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < size {
+        let start = match lseek(file, pos as i64, Whence::SeekData) {
+            Ok(start) => start as u64,
+            Err(nix::errno::Errno::ENXIO) => break, // no data after pos
+            Err(_) => return None,
+        };
+        if start >= size {
+            break;
+        }
+        let end = match lseek(file, start as i64, Whence::SeekHole) {
+            Ok(end) => (end as u64).min(size),
+            Err(_) => return None,
+        };
+        ranges.push((start, end));
+        pos = end;
+    }
+    Some(ranges)
+}
+
+/// Limits the rate of reading to `rate` bytes a second (averaged from the start).
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: Option<u64>,
+    start: Instant,
+    bytes: u64,
+}
+
+impl RateLimit {
+    pub fn new(rate: Option<u64>) -> Self {
+        RateLimit {
+            rate: rate.filter(|r| *r > 0),
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes read and sleeps while ahead of the allowed rate.
+    pub fn consume(&mut self, n: u64) {
+        let Some(rate) = self.rate else { return };
+        self.bytes += n;
+        let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+}
+
+/// A range of the source that could not be read and was replaced by zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadRange {
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// How to read: what to do on errors, how fast, when to stop.
+#[derive(Debug)]
+pub struct ReadOptions<'a> {
+    pub continue_on_error: bool,
+    pub sector: usize,
+    pub rate: RateLimit,
+    pub cancellation: &'a Cancellation,
+    pub progress: &'a indicatif::ProgressBar,
+}
+
+/// Streams the whole source into `sink` as raw bytes. Returns the unreadable ranges (only with
+/// `continue_on_error`; otherwise the first error fails with its offset).
+pub fn read_raw(
+    source: &mut Source,
+    sink: &mut ChunkSink,
+    options: &mut ReadOptions<'_>,
+) -> io::Result<Vec<BadRange>> {
+    let chunk = sink.chunk_size();
+    let mut bad = Vec::new();
+    let Some(file) = source.file.as_ref() else {
+        // stdin: sequential reads, no holes, no retries.
+        let mut stdin = io::stdin().lock();
+        loop {
+            if options.cancellation.is_cancelled() {
+                return Err(io::Error::other("cancelled"));
+            }
+            let mut buf = sink.buffer();
+            let n = (&mut stdin)
+                .take(chunk as u64)
+                .read_to_end(&mut buf)
+                .map_err(|err| {
+                    io::Error::new(
+                        err.kind(),
+                        format!("read error on stdin at offset {}: {err}", sink.size),
+                    )
+                })?;
+            if n == 0 {
+                return Ok(bad);
+            }
+            options.rate.consume(n as u64);
+            options.progress.inc(n as u64);
+            sink.push_chunk(buf)?;
+        }
+    };
+    let size = source.size.unwrap_or(0);
+    let ranges = match source.kind {
+        Kind::File => data_ranges(file, size),
+        _ => None,
+    };
+    let ranges = ranges.unwrap_or_else(|| vec![(0, size)]);
+    let mut pos = 0u64;
+    for (start, end) in ranges {
+        // Holes are whole chunks of zeros never read; a chunk part hole, part data is read (a
+        // hole reads back as zeros, and the zero check still spares it compression).
+        let aligned_start = start - start % chunk as u64;
+        if aligned_start > pos {
+            sink.push_zeros(aligned_start - pos)?;
+            options.progress.inc(aligned_start - pos);
+            pos = aligned_start;
+        }
+        let aligned_end = end
+            .div_ceil(chunk as u64)
+            .saturating_mul(chunk as u64)
+            .min(size);
+        while pos < aligned_end {
+            if options.cancellation.is_cancelled() {
+                return Err(io::Error::other("cancelled"));
+            }
+            let n = (aligned_end - pos).min(chunk as u64) as usize;
+            let mut buf = sink.buffer();
+            buf.resize(n, 0);
+            read_chunk(file, &source.path, pos, &mut buf, options, &mut bad)?;
+            options.rate.consume(n as u64);
+            options.progress.inc(n as u64);
+            sink.push_chunk(buf)?;
+            pos += n as u64;
+        }
+    }
+    if pos < size {
+        sink.push_zeros(size - pos)?;
+        options.progress.inc(size - pos);
+    }
+    Ok(bad)
+}
+
+fn read_chunk(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    buf: &mut [u8],
+    options: &ReadOptions<'_>,
+    bad: &mut Vec<BadRange>,
+) -> io::Result<()> {
+    let err = match file.read_exact_at(buf, offset) {
+        Ok(()) => return Ok(()),
+        Err(err) => err,
+    };
+    if err.kind() == io::ErrorKind::UnexpectedEof {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "{} ended at offset {} or before, earlier than its size said (did it shrink?)",
+                path.display(),
+                offset + buf.len() as u64
+            ),
+        ));
+    }
+    if !options.continue_on_error {
+        return Err(io::Error::new(
+            err.kind(),
+            format!(
+                "read error on {} in the {} bytes at offset {offset}: {err} (--continue-on-error reads past it)",
+                path.display(),
+                buf.len()
+            ),
+        ));
+    }
+    // Sector by sector: what reads is kept, what does not becomes zeros and is listed.
+    let sector = options.sector.max(512);
+    let mut at = 0usize;
+    while at < buf.len() {
+        let n = sector.min(buf.len() - at);
+        let part = &mut buf[at..at + n];
+        if let Err(err) = file.read_exact_at(part, offset + at as u64) {
+            tracing::warn!(
+                "unreadable: {} bytes at offset {} of {}: {err}",
+                n,
+                offset + at as u64,
+                path.display()
+            );
+            part.fill(0);
+            let here = offset + at as u64;
+            match bad.last_mut() {
+                Some(last) if last.offset + last.length == here => last.length += n as u64,
+                _ => bad.push(BadRange {
+                    offset: here,
+                    length: n as u64,
+                }),
+            }
+        }
+        at += n;
+    }
+    Ok(())
+}
