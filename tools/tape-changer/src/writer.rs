@@ -184,8 +184,18 @@ async fn write_inner(
                 if let Some(speed) = speed {
                     let due = Duration::from_secs_f64(sent as f64 / speed as f64);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(wait).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = cancellation.token().cancelled() => {}
+                        }
                     }
+                }
+                if cancellation.is_cancelled() {
+                    uploads.abort_all();
+                    return Err(cancellation.failure(&format!(
+                        "file {} was not written to {}",
+                        target.file, target.label
+                    )));
                 }
                 let permit = tokio::select! {
                     permit = permits.clone().acquire_owned() => permit.map_err(|_| Failure::new(ExitCode::Failure, "upload slots closed"))?,
