@@ -109,16 +109,37 @@ pub fn populate(root: &Path) {
     fs::set_permissions(p("etc/hosts"), fs::Permissions::from_mode(0o640)).expect("chmod");
     fs::set_permissions(p("data/deep"), fs::Permissions::from_mode(0o750)).expect("chmod");
     fs::set_permissions(p("data/random.bin"), fs::Permissions::from_mode(0o4755)).expect("chmod");
-    sh("chown", &["1234:5678", p("etc/hosts").to_str().expect("path")]);
-    sh("chown", &["-h", "42:43", p("data/hosts-link").to_str().expect("path")]);
-    sh("chown", &["1000:1000", p("data/deep").to_str().expect("path")]);
     sh(
-        "setfattr",
-        &["-n", "user.origin", "-v", "blockdump-test", p("etc/hosts").to_str().expect("path")],
+        "chown",
+        &["1234:5678", p("etc/hosts").to_str().expect("path")],
+    );
+    sh(
+        "chown",
+        &["-h", "42:43", p("data/hosts-link").to_str().expect("path")],
+    );
+    sh(
+        "chown",
+        &["1000:1000", p("data/deep").to_str().expect("path")],
     );
     sh(
         "setfattr",
-        &["-n", "user.dir.attr", "-v", "0x00ff10", p("data/deep").to_str().expect("path")],
+        &[
+            "-n",
+            "user.origin",
+            "-v",
+            "blockdump-test",
+            p("etc/hosts").to_str().expect("path"),
+        ],
+    );
+    sh(
+        "setfattr",
+        &[
+            "-n",
+            "user.dir.attr",
+            "-v",
+            "0x00ff10",
+            p("data/deep").to_str().expect("path"),
+        ],
     );
     // 64 MiB sparse file with data at the start, the middle and the end.
     let sparse = fs::File::create(p("data/sparse.img")).expect("sparse");
@@ -130,8 +151,22 @@ pub fn populate(root: &Path) {
         .expect("write");
     sparse.write_all_at(b"end", (64 << 20) - 3).expect("write");
     drop(sparse);
-    sh("touch", &["-d", "2001-02-03 04:05:06", p("etc/conf.d/app.conf").to_str().expect("path")]);
-    sh("touch", &["-d", "2002-03-04 05:06:07", p("data/deep").to_str().expect("path")]);
+    sh(
+        "touch",
+        &[
+            "-d",
+            "2001-02-03 04:05:06",
+            p("etc/conf.d/app.conf").to_str().expect("path"),
+        ],
+    );
+    sh(
+        "touch",
+        &[
+            "-d",
+            "2002-03-04 05:06:07",
+            p("data/deep").to_str().expect("path"),
+        ],
+    );
 }
 
 /// A description of every entry of a tree: type, mode, owner, size, mtime, content hash, link
