@@ -44,10 +44,13 @@ pub async fn volume_id(flag: Option<String>) -> Result<String, Failure> {
 }
 
 fn check_volume_id(id: String) -> Result<String, Failure> {
-    if id.starts_with("vol-") && id.len() > 4 && id[4..].chars().all(|c| c.is_ascii_alphanumeric()) {
+    if id.starts_with("vol-") && id.len() > 4 && id[4..].chars().all(|c| c.is_ascii_alphanumeric())
+    {
         Ok(id)
     } else {
-        Err(Failure::usage(format!("'{id}' is not a volume id (vol-...)")))
+        Err(Failure::usage(format!(
+            "'{id}' is not a volume id (vol-...)"
+        )))
     }
 }
 
@@ -110,7 +113,11 @@ pub async fn run(
     match (cancellation.signal(), cleaned) {
         (Some(_), Ok(())) => Err(cancellation.failure(&format!(
             "{volume_id} {}",
-            if args.keep_volume { "detached" } else { "detached and deleted" }
+            if args.keep_volume {
+                "detached"
+            } else {
+                "detached and deleted"
+            }
         ))),
         (_, result) => result,
     }
@@ -144,7 +151,10 @@ async fn attach(
             ExitCode::Failure,
             format!(
                 "{volume_id} is {} (not available): is it attached elsewhere?",
-                volume.state().map(|s| s.as_str()).unwrap_or("in an unknown state")
+                volume
+                    .state()
+                    .map(|s| s.as_str())
+                    .unwrap_or("in an unknown state")
             ),
         ));
     }
@@ -248,9 +258,17 @@ fn lock(path: &std::path::Path) -> Result<Flock<File>, Failure> {
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(|err| Failure::usage(format!("cannot open the lock file {}: {err} (--lock-file)", path.display())))?;
+        .map_err(|err| {
+            Failure::usage(format!(
+                "cannot open the lock file {}: {err} (--lock-file)",
+                path.display()
+            ))
+        })?;
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-        Failure::new(ExitCode::Failure, format!("cannot lock {}: {errno}", path.display()))
+        Failure::new(
+            ExitCode::Failure,
+            format!("cannot lock {}: {errno}", path.display()),
+        )
     })
 }
 

@@ -58,7 +58,8 @@ fn stdout_hangup() {
             Ok(0) => continue,
             Ok(_) => {
                 let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-                if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL) {
+                if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
+                {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -80,11 +81,17 @@ pub async fn clean(
     let events = EventSink::stderr();
     let detached = detach_and_wait(ec2, volume_id, instance_id, false, timeout).await?;
     if detached {
-        emit(&events, Event::new(TOOL, "volume_detached").with("volume_id", volume_id));
+        emit(
+            &events,
+            Event::new(TOOL, "volume_detached").with("volume_id", volume_id),
+        );
     }
     if !keep {
         delete_with_retry(ec2, volume_id, timeout).await?;
-        emit(&events, Event::new(TOOL, "volume_deleted").with("volume_id", volume_id));
+        emit(
+            &events,
+            Event::new(TOOL, "volume_deleted").with("volume_id", volume_id),
+        );
     }
     Ok(())
 }
@@ -93,7 +100,10 @@ pub async fn clean(
 /// original failure is what gets reported).
 pub async fn cleanup_after_failure(ec2: &aws_sdk_ec2::Client, volume_id: &str, keep: bool) {
     if let Err(failure) = clean(ec2, volume_id, None, keep, Duration::from_secs(300)).await {
-        tracing::error!(volume_id, "cleanup failed, remove the volume by hand: {failure}");
+        tracing::error!(
+            volume_id,
+            "cleanup failed, remove the volume by hand: {failure}"
+        );
     }
 }
 
@@ -210,8 +220,15 @@ pub async fn detach(
     };
     emit(
         &EventSink::stdout(),
-        Event::new(TOOL, if detached { "volume_detached" } else { "volume_not_attached" })
-            .with("volume_id", volume_id),
+        Event::new(
+            TOOL,
+            if detached {
+                "volume_detached"
+            } else {
+                "volume_not_attached"
+            },
+        )
+        .with("volume_id", volume_id),
     );
     Ok(())
 }

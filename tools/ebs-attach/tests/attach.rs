@@ -30,7 +30,11 @@ impl Loop {
             .arg(&file)
             .output()
             .expect("losetup (util-linux) is needed");
-        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         Loop { device, _dir: dir }
     }
@@ -66,8 +70,14 @@ fn udev(snapshot: String, dev_dir: PathBuf, device: PathBuf) -> Arc<AtomicBool> 
 }
 
 fn new_volume(az: &str) -> String {
-    let out = harness::block_on(moto::ec2().create_volume().availability_zone(az).size(1).send())
-        .expect("CreateVolume");
+    let out = harness::block_on(
+        moto::ec2()
+            .create_volume()
+            .availability_zone(az)
+            .size(1)
+            .send(),
+    )
+    .expect("CreateVolume");
     out.volume_id().expect("id").to_string()
 }
 
@@ -78,7 +88,10 @@ fn state(volume_id: &str) -> Option<String> {
 fn wait_gone(volume_id: &str) {
     let start = Instant::now();
     while state(volume_id).is_some() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{volume_id} was not deleted");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{volume_id} was not deleted"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -93,7 +106,12 @@ fn attaches_from_the_event_and_cleans_up_when_the_reader_finishes() {
     link_volume(dev_dir.path(), &volume_id, &lo.device);
 
     let mut child = moto::std_tool("ebs-attach")
-        .args(["--cleanup-on-exit", "--imds-endpoint", &imds.url, "--dev-dir"])
+        .args([
+            "--cleanup-on-exit",
+            "--imds-endpoint",
+            &imds.url,
+            "--dev-dir",
+        ])
         .arg(dev_dir.path())
         .arg("--lock-file")
         .arg(dev_dir.path().join("lock"))
@@ -121,15 +139,24 @@ fn attaches_from_the_event_and_cleans_up_when_the_reader_finishes() {
     assert_eq!(event["volume_id"], volume_id.as_str());
     assert_eq!(event["instance_id"], instance.as_str());
     assert_eq!(event["device"], lo.device.display().to_string());
-    assert_eq!(event["attachment_device"], "/dev/sdf", "first free name after the root /dev/sda1");
+    assert_eq!(
+        event["attachment_device"], "/dev/sdf",
+        "first free name after the root /dev/sda1"
+    );
 
     let volume = moto::volume(&volume_id).expect("volume");
     assert_eq!(volume.state().map(|s| s.as_str()), Some("in-use"));
-    assert_eq!(volume.attachments()[0].instance_id(), Some(instance.as_str()));
+    assert_eq!(
+        volume.attachments()[0].instance_id(),
+        Some(instance.as_str())
+    );
 
     // Still attached a while later: ebs-attach waits for its reader.
     std::thread::sleep(Duration::from_millis(700));
-    assert!(child.try_wait().expect("wait").is_none(), "ebs-attach must stay alive");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "ebs-attach must stay alive"
+    );
     assert_eq!(state(&volume_id).as_deref(), Some("in-use"));
 
     drop(stdout);
@@ -137,7 +164,10 @@ fn attaches_from_the_event_and_cleans_up_when_the_reader_finishes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let cleanup = events(&out.stderr);
-    let names: Vec<_> = cleanup.iter().map(|e| e["event"].as_str().unwrap_or("").to_string()).collect();
+    let names: Vec<_> = cleanup
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("").to_string())
+        .collect();
     assert_eq!(names, ["volume_detached", "volume_deleted"], "{stderr}");
     assert_eq!(state(&volume_id), None, "the volume is deleted");
 }
@@ -148,7 +178,11 @@ fn pipeline_whose_last_stage_fails_still_deletes_the_volume() {
     let snapshot = moto::ec2_snapshot(1);
     let lo = Loop::new();
     let dev_dir = tempfile::tempdir().expect("tempdir");
-    let stop = udev(snapshot.clone(), dev_dir.path().to_path_buf(), lo.device.clone());
+    let stop = udev(
+        snapshot.clone(),
+        dev_dir.path().to_path_buf(),
+        lo.device.clone(),
+    );
     let script = format!(
         "set -o pipefail; '{sr}' volume --snapshot-id {snapshot} --az {AZ} \
          | '{ea}' --cleanup-on-exit --instance-id {instance} --az {AZ} --dev-dir '{dir}' --lock-file '{dir}/lock' \
@@ -160,11 +194,20 @@ fn pipeline_whose_last_stage_fails_still_deletes_the_volume() {
     let mut shell = moto::shell(&script);
     let out = shell.output().expect("bash");
     stop.store(true, Ordering::SeqCst);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    let event = std::fs::read_to_string(dev_dir.path().join("event")).expect("the last stage saw the event");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event = std::fs::read_to_string(dev_dir.path().join("event"))
+        .expect("the last stage saw the event");
     let event = &events(event.as_bytes())[0];
     assert_eq!(event["device"], lo.device.display().to_string());
-    assert!(moto::volumes_from(&snapshot).is_empty(), "no volume left behind");
+    assert!(
+        moto::volumes_from(&snapshot).is_empty(),
+        "no volume left behind"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("\"event\":\"volume_deleted\""), "{stderr}");
 }
@@ -177,7 +220,11 @@ fn sigterm_to_the_pipeline_deletes_the_volume() {
     let snapshot = moto::ec2_snapshot(1);
     let lo = Loop::new();
     let dev_dir = tempfile::tempdir().expect("tempdir");
-    let stop = udev(snapshot.clone(), dev_dir.path().to_path_buf(), lo.device.clone());
+    let stop = udev(
+        snapshot.clone(),
+        dev_dir.path().to_path_buf(),
+        lo.device.clone(),
+    );
     let events_file = dev_dir.path().join("events");
     let script = format!(
         "'{sr}' volume --snapshot-id {snapshot} --az {AZ} \
@@ -193,21 +240,36 @@ fn sigterm_to_the_pipeline_deletes_the_volume() {
     let child = shell.spawn().expect("bash");
     let pgid = child.id() as i32;
     let start = Instant::now();
-    while !std::fs::read_to_string(&events_file).unwrap_or_default().contains("volume_attached") {
-        assert!(start.elapsed() < Duration::from_secs(30), "the volume was never attached");
+    while !std::fs::read_to_string(&events_file)
+        .unwrap_or_default()
+        .contains("volume_attached")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the volume was never attached"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let volumes = moto::volumes_from(&snapshot);
     assert_eq!(volumes.len(), 1);
     assert_eq!(volumes[0].state().map(|s| s.as_str()), Some("in-use"));
 
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGTERM)
-        .expect("kill");
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
     let out = child.wait_with_output().expect("wait");
     stop.store(true, Ordering::SeqCst);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(moto::volumes_from(&snapshot).is_empty(), "no volume left behind: {stderr}");
-    assert!(stderr.contains("ebs-attach: terminated by SIGTERM"), "{stderr}");
+    assert!(
+        moto::volumes_from(&snapshot).is_empty(),
+        "no volume left behind: {stderr}"
+    );
+    assert!(
+        stderr.contains("ebs-attach: terminated by SIGTERM"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -215,7 +277,14 @@ fn volume_in_another_zone_is_refused() {
     let instance = moto::run_instance(AZ);
     let volume_id = new_volume("us-east-1b");
     let out = moto::tool("ebs-attach")
-        .args(["--volume-id", &volume_id, "--instance-id", &instance, "--az", AZ])
+        .args([
+            "--volume-id",
+            &volume_id,
+            "--instance-id",
+            &instance,
+            "--az",
+            AZ,
+        ])
         .arg("--lock-file")
         .arg(std::env::temp_dir().join("ebs-attach-test.lock"))
         .output()
@@ -224,10 +293,16 @@ fn volume_in_another_zone_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(
         stderr.trim(),
-        format!("ebs-attach: {volume_id} is in us-east-1b but this instance ({instance}) is in {AZ}: create the volume in {AZ} (snapshot-restore volume --az {AZ})")
+        format!(
+            "ebs-attach: {volume_id} is in us-east-1b but this instance ({instance}) is in {AZ}: create the volume in {AZ} (snapshot-restore volume --az {AZ})"
+        )
     );
     assert!(out.stdout.is_empty());
-    assert_eq!(state(&volume_id).as_deref(), Some("available"), "not attached");
+    assert_eq!(
+        state(&volume_id).as_deref(),
+        Some("available"),
+        "not attached"
+    );
     harness::block_on(moto::ec2().delete_volume().volume_id(&volume_id).send()).expect("delete");
 }
 
@@ -238,8 +313,21 @@ fn failure_after_the_volume_is_known_cleans_up() {
     let volume_id = new_volume(AZ);
     let dev_dir = tempfile::tempdir().expect("tempdir");
     let out = moto::tool("ebs-attach")
-        .args(["--volume-id", &volume_id, "--instance-id", &instance, "--az", AZ])
-        .args(["--cleanup-on-exit", "--device-timeout", "1s", "--device-name", "/dev/sdz"])
+        .args([
+            "--volume-id",
+            &volume_id,
+            "--instance-id",
+            &instance,
+            "--az",
+            AZ,
+        ])
+        .args([
+            "--cleanup-on-exit",
+            "--device-timeout",
+            "1s",
+            "--device-name",
+            "/dev/sdz",
+        ])
         .arg("--dev-dir")
         .arg(dev_dir.path())
         .arg("--lock-file")
@@ -248,7 +336,14 @@ fn failure_after_the_volume_is_known_cleans_up() {
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.lines().last().unwrap_or("").contains("no block device appeared"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or("")
+            .contains("no block device appeared"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
     assert_eq!(state(&volume_id), None, "deleted after the failure");
 }
@@ -261,19 +356,44 @@ fn detach_and_delete_sub_commands() {
     let dev_dir = tempfile::tempdir().expect("tempdir");
     link_volume(dev_dir.path(), &volume_id, &lo.device);
     let out = moto::tool("ebs-attach")
-        .args(["--volume-id", &volume_id, "--instance-id", &instance, "--az", AZ])
+        .args([
+            "--volume-id",
+            &volume_id,
+            "--instance-id",
+            &instance,
+            "--az",
+            AZ,
+        ])
         .arg("--dev-dir")
         .arg(dev_dir.path())
         .arg("--lock-file")
         .arg(dev_dir.path().join("lock"))
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(events(&out.stdout)[0]["device"], lo.device.display().to_string());
-    assert_eq!(state(&volume_id).as_deref(), Some("in-use"), "left attached without --cleanup-on-exit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        events(&out.stdout)[0]["device"],
+        lo.device.display().to_string()
+    );
+    assert_eq!(
+        state(&volume_id).as_deref(),
+        Some("in-use"),
+        "left attached without --cleanup-on-exit"
+    );
 
-    let out = moto::tool("ebs-attach").args(["detach", "--volume-id", &volume_id]).output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = moto::tool("ebs-attach")
+        .args(["detach", "--volume-id", &volume_id])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(events(&out.stdout)[0]["event"], "volume_detached");
     assert_eq!(state(&volume_id).as_deref(), Some("available"));
 
@@ -294,7 +414,11 @@ fn detach_and_delete_sub_commands() {
         ))
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(events(&out.stdout)[0]["event"], "volume_deleted");
     wait_gone(&volume_id);
 }
@@ -308,5 +432,8 @@ fn no_volume_id_is_an_input_error() {
         .expect("run");
     assert_eq!(out.status.code(), Some(6));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("ebs-attach: no volume id: give --volume-id"), "{stderr}");
+    assert!(
+        stderr.starts_with("ebs-attach: no volume id: give --volume-id"),
+        "{stderr}"
+    );
 }

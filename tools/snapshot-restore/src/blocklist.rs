@@ -66,7 +66,9 @@ pub async fn write(
         blocks: listing.blocks.len() as u64,
     };
     let mut head = MAGIC.to_vec();
-    head.extend(serde_json::to_vec(&header).map_err(|e| Failure::new(ExitCode::Failure, e.to_string()))?);
+    head.extend(
+        serde_json::to_vec(&header).map_err(|e| Failure::new(ExitCode::Failure, e.to_string()))?,
+    );
     head.push(b'\n');
     let mut open = true;
     let mut send = |piece: Bytes| {
@@ -76,7 +78,9 @@ pub async fn write(
     open &= send(Bytes::from(head)).await;
     let mut stream = std::pin::pin!(stream);
     while open {
-        let Some(item) = stream.next().await else { break };
+        let Some(item) = stream.next().await else {
+            break;
+        };
         let (index, data) = item?;
         let mut record = index.to_be_bytes().to_vec();
         if data.is_empty() {
@@ -125,9 +129,10 @@ pub async fn apply(args: ApplyArgs) -> Result<(), Failure> {
 
 fn apply_blocking(args: &ApplyArgs) -> Result<Event, Failure> {
     let input: Box<dyn Read> = match &args.input {
-        Some(path) => Box::new(File::open(path).map_err(|err| {
-            Failure::usage(format!("cannot open {}: {err}", path.display()))
-        })?),
+        Some(path) => Box::new(
+            File::open(path)
+                .map_err(|err| Failure::usage(format!("cannot open {}: {err}", path.display())))?,
+        ),
         None => Box::new(std::io::stdin().lock()),
     };
     let mut input = HashingReader {
@@ -141,8 +146,11 @@ fn apply_blocking(args: &ApplyArgs) -> Result<Event, Failure> {
         return Err(bad("wrong magic line"));
     }
     let mut line = String::new();
-    input.read_line(&mut line).map_err(|_| bad("no header line"))?;
-    let header: Header = serde_json::from_str(line.trim()).map_err(|e| bad(&format!("header: {e}")))?;
+    input
+        .read_line(&mut line)
+        .map_err(|_| bad("no header line"))?;
+    let header: Header =
+        serde_json::from_str(line.trim()).map_err(|e| bad(&format!("header: {e}")))?;
     if header.block_size != BLOCK_SIZE {
         return Err(bad("unsupported block size"));
     }
@@ -154,18 +162,24 @@ fn apply_blocking(args: &ApplyArgs) -> Result<Event, Failure> {
         .metadata()
         .map_err(|err| Failure::usage(format!("cannot stat {}: {err}", args.target.display())))?;
     if meta.file_type().is_file() && meta.len() < header.volume_size {
-        target
-            .set_len(header.volume_size)
-            .map_err(|err| Failure::new(ExitCode::Failure, format!("cannot grow the image: {err}")))?;
+        target.set_len(header.volume_size).map_err(|err| {
+            Failure::new(ExitCode::Failure, format!("cannot grow the image: {err}"))
+        })?;
     }
-    let write_err =
-        |err: std::io::Error| Failure::new(ExitCode::Failure, format!("cannot write {}: {err}", args.target.display()));
+    let write_err = |err: std::io::Error| {
+        Failure::new(
+            ExitCode::Failure,
+            format!("cannot write {}: {err}", args.target.display()),
+        )
+    };
     let zeros = vec![0u8; BLOCK_SIZE as usize];
     let mut block = vec![0u8; BLOCK_SIZE as usize];
     let mut applied = 0u64;
     loop {
         let mut head = [0u8; 9];
-        input.read_exact(&mut head).map_err(|_| bad("truncated (no end record)"))?;
+        input
+            .read_exact(&mut head)
+            .map_err(|_| bad("truncated (no end record)"))?;
         let index = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
         match (index, head[8]) {
             (END_INDEX, b'E') => break,
@@ -175,7 +189,9 @@ fn apply_blocking(args: &ApplyArgs) -> Result<Event, Failure> {
                     .filter(|o| o + BLOCK_SIZE <= header.volume_size)
                     .ok_or_else(|| bad("block index past the volume's end"))?;
                 if kind == b'D' {
-                    input.read_exact(&mut block).map_err(|_| bad("truncated block"))?;
+                    input
+                        .read_exact(&mut block)
+                        .map_err(|_| bad("truncated block"))?;
                     target.write_all_at(&block, offset).map_err(write_err)?;
                 } else {
                     target.write_all_at(&zeros, offset).map_err(write_err)?;
@@ -187,7 +203,10 @@ fn apply_blocking(args: &ApplyArgs) -> Result<Event, Failure> {
     }
     let computed = input.hasher.clone().finalize();
     let mut digest = [0u8; 32];
-    input.inner.read_exact(&mut digest).map_err(|_| bad("truncated digest"))?;
+    input
+        .inner
+        .read_exact(&mut digest)
+        .map_err(|_| bad("truncated digest"))?;
     if computed.as_slice() != digest {
         return Err(Failure::verify(format!(
             "block list digest mismatch: the list is damaged and {} may now be inconsistent",

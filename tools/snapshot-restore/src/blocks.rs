@@ -167,13 +167,13 @@ fn finish_listing(mut blocks: Vec<BlockRef>, volume_size_gib: u64) -> Result<Lis
     blocks.sort_by_key(|b| b.index);
     blocks.dedup_by_key(|b| b.index);
     let total = volume_size_gib * GIB / BLOCK_SIZE;
-    if let Some(last) = blocks.last() {
-        if last.index >= total {
-            return Err(Failure::verify(format!(
-                "the service listed block {} of a {volume_size_gib} GiB snapshot, past its end",
-                last.index
-            )));
-        }
+    if let Some(last) = blocks.last()
+        && last.index >= total
+    {
+        return Err(Failure::verify(format!(
+            "the service listed block {} of a {volume_size_gib} GiB snapshot, past its end",
+            last.index
+        )));
     }
     Ok(Listing {
         blocks,
@@ -203,7 +203,9 @@ pub async fn fetch_block(
             .block_token(token)
             .send()
             .await
-            .map_err(|err| aws_failure(format!("cannot read block {index} of {snapshot_id}"), &err))?;
+            .map_err(|err| {
+                aws_failure(format!("cannot read block {index} of {snapshot_id}"), &err)
+            })?;
         let expected = out.checksum().map(str::to_string);
         let algorithm = out.checksum_algorithm().map(|a| a.as_str().to_string());
         let data = match tokio::time::timeout(body_timeout, out.block_data.collect()).await {
@@ -239,7 +241,11 @@ pub async fn fetch_block(
         } else {
             format!("{} bytes instead of {BLOCK_SIZE}", data.len())
         };
-        tracing::warn!(index, attempt, "block {index}: {last_problem}; reading it again");
+        tracing::warn!(
+            index,
+            attempt,
+            "block {index}: {last_problem}; reading it again"
+        );
     }
     Err(Failure::verify(format!(
         "block {index} of {snapshot_id}: {last_problem}, {attempts} times"
@@ -258,8 +264,11 @@ pub enum Piece {
 /// side never blocks on a slow reader. Returns the bytes written and, when asked, their SHA-256.
 pub struct Writer {
     sender: mpsc::Sender<Piece>,
-    thread: std::thread::JoinHandle<std::io::Result<(u64, Option<[u8; 32]>, bool)>>,
+    thread: std::thread::JoinHandle<std::io::Result<Written>>,
 }
+
+/// Bytes written, their SHA-256 when asked for, and whether the reader stayed to the end.
+type Written = (u64, Option<[u8; 32]>, bool);
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -326,7 +335,7 @@ impl Writer {
     }
 
     /// Waits for everything queued to be written: (bytes, hash, whether the reader stayed).
-    pub fn finish(self) -> Result<(u64, Option<[u8; 32]>, bool), Failure> {
+    pub fn finish(self) -> Result<Written, Failure> {
         drop(self.sender);
         match self.thread.join() {
             Ok(Ok(result)) => Ok(result),
@@ -334,7 +343,10 @@ impl Writer {
                 ExitCode::Failure,
                 format!("cannot write the output: {err}"),
             )),
-            Err(_) => Err(Failure::new(ExitCode::Failure, "the writer thread panicked")),
+            Err(_) => Err(Failure::new(
+                ExitCode::Failure,
+                "the writer thread panicked",
+            )),
         }
     }
 }
@@ -497,9 +509,9 @@ async fn write_image_file(
     let temp = if is_device {
         None
     } else {
-        let name = path
-            .file_name()
-            .ok_or_else(|| Failure::usage(format!("--output {}: not a file name", path.display())))?;
+        let name = path.file_name().ok_or_else(|| {
+            Failure::usage(format!("--output {}: not a file name", path.display()))
+        })?;
         let mut temp_name = std::ffi::OsString::from(".");
         temp_name.push(name);
         temp_name.push(format!(".{}.partial", std::process::id()));
@@ -523,14 +535,21 @@ async fn write_image_file(
             )));
         }
     } else {
-        file.set_len(size)
-            .map_err(|err| Failure::new(ExitCode::Failure, format!("cannot size {}: {err}", target.display())))?;
+        file.set_len(size).map_err(|err| {
+            Failure::new(
+                ExitCode::Failure,
+                format!("cannot size {}: {err}", target.display()),
+            )
+        })?;
     }
     let file = Arc::new(file);
     let result = write_blocks_at(&file, listing, stream, is_device).await;
     let result = result.and_then(|bytes| {
         file.sync_all().map_err(|err| {
-            Failure::new(ExitCode::Failure, format!("cannot flush {}: {err}", target.display()))
+            Failure::new(
+                ExitCode::Failure,
+                format!("cannot flush {}: {err}", target.display()),
+            )
         })?;
         Ok(bytes)
     });
@@ -538,7 +557,10 @@ async fn write_image_file(
         (Ok(bytes), Some(temp)) => {
             std::fs::rename(&temp, path).map_err(|err| {
                 let _ = std::fs::remove_file(&temp);
-                Failure::new(ExitCode::Failure, format!("cannot rename to {}: {err}", path.display()))
+                Failure::new(
+                    ExitCode::Failure,
+                    format!("cannot rename to {}: {err}", path.display()),
+                )
             })?;
             Ok(Outcome {
                 bytes,
@@ -605,7 +627,9 @@ fn open_sequential(path: Option<&Path>) -> Result<Box<dyn Write + Send>, Failure
     match path {
         None => Ok(Box::new(std::io::stdout())),
         Some(path) => File::create(path)
-            .map(|f| Box::new(std::io::BufWriter::with_capacity(1 << 20, f)) as Box<dyn Write + Send>)
+            .map(|f| {
+                Box::new(std::io::BufWriter::with_capacity(1 << 20, f)) as Box<dyn Write + Send>
+            })
             .map_err(|err| Failure::usage(format!("cannot create {}: {err}", path.display()))),
     }
 }

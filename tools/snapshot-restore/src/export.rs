@@ -119,7 +119,10 @@ where
                 };
                 return Err(Failure::new(
                     ExitCode::Failure,
-                    format!("export {id} ended {}{cause}", status.status.to_ascii_uppercase()),
+                    format!(
+                        "export {id} ended {}{cause}",
+                        status.status.to_ascii_uppercase()
+                    ),
                 ));
             }
             None => {}
@@ -242,7 +245,10 @@ pub async fn rds_export(
                     .with("source_arn", snapshot_arn.as_str())
                     .with("bucket", bucket.as_str())
                     .with("prefix", args.prefix.clone().unwrap_or_default())
-                    .with("status", started.status().unwrap_or("STARTING").to_ascii_uppercase()),
+                    .with(
+                        "status",
+                        started.status().unwrap_or("STARTING").to_ascii_uppercase(),
+                    ),
             )?;
             task_id
         }
@@ -250,37 +256,46 @@ pub async fn rds_export(
     if args.poll.no_wait {
         return Ok(());
     }
-    follow("task_id", &task_id, &args.poll, &events, cancellation, || {
-        let rds = rds.clone();
-        let task_id = task_id.clone();
-        async move {
-            let out = rds
-                .describe_export_tasks()
-                .export_task_identifier(&task_id)
-                .send()
-                .await
-                .map_err(|err| aws_failure(format!("cannot describe export task {task_id}"), &err))?;
-            let task = out.export_tasks().first().ok_or_else(|| {
-                Failure::new(ExitCode::NotFound, format!("no export task {task_id}"))
-            })?;
-            let mut fields = Vec::new();
-            if let Some(bucket) = task.s3_bucket() {
-                fields.push(("bucket", Value::from(bucket)));
+    follow(
+        "task_id",
+        &task_id,
+        &args.poll,
+        &events,
+        cancellation,
+        || {
+            let rds = rds.clone();
+            let task_id = task_id.clone();
+            async move {
+                let out = rds
+                    .describe_export_tasks()
+                    .export_task_identifier(&task_id)
+                    .send()
+                    .await
+                    .map_err(|err| {
+                        aws_failure(format!("cannot describe export task {task_id}"), &err)
+                    })?;
+                let task = out.export_tasks().first().ok_or_else(|| {
+                    Failure::new(ExitCode::NotFound, format!("no export task {task_id}"))
+                })?;
+                let mut fields = Vec::new();
+                if let Some(bucket) = task.s3_bucket() {
+                    fields.push(("bucket", Value::from(bucket)));
+                }
+                if let Some(prefix) = task.s3_prefix() {
+                    fields.push(("prefix", Value::from(prefix)));
+                }
+                if let Some(gb) = task.total_extracted_data_in_gb() {
+                    fields.push(("total_extracted_data_in_gb", Value::from(gb)));
+                }
+                Ok(Status {
+                    status: task.status().unwrap_or("UNKNOWN").to_string(),
+                    percent: task.percent_progress().map(i64::from),
+                    failure: task.failure_cause().map(str::to_string),
+                    fields,
+                })
             }
-            if let Some(prefix) = task.s3_prefix() {
-                fields.push(("prefix", Value::from(prefix)));
-            }
-            if let Some(gb) = task.total_extracted_data_in_gb() {
-                fields.push(("total_extracted_data_in_gb", Value::from(gb)));
-            }
-            Ok(Status {
-                status: task.status().unwrap_or("UNKNOWN").to_string(),
-                percent: task.percent_progress().map(i64::from),
-                failure: task.failure_cause().map(str::to_string),
-                fields,
-            })
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -333,7 +348,9 @@ pub async fn dynamodb_export(
 
     let export_time = match &args.export_time {
         Some(text) => Some(DateTime::from_str(text, Format::DateTime).map_err(|err| {
-            Failure::usage(format!("--export-time '{text}' is not an RFC 3339 time: {err}"))
+            Failure::usage(format!(
+                "--export-time '{text}' is not an RFC 3339 time: {err}"
+            ))
         })?),
         None => None,
     };
@@ -362,13 +379,16 @@ pub async fn dynamodb_export(
                     .s3_sse_algorithm(S3SseAlgorithm::Kms)
                     .s3_sse_kms_key_id(key);
             }
-            let started = request.send().await.map_err(|err| {
-                aws_failure(format!("cannot start exporting {table_arn}"), &err)
-            })?;
+            let started = request
+                .send()
+                .await
+                .map_err(|err| aws_failure(format!("cannot start exporting {table_arn}"), &err))?;
             let description = started.export_description();
             let arn = description
                 .and_then(|d| d.export_arn())
-                .ok_or_else(|| Failure::new(ExitCode::Failure, "the export started without an ARN"))?
+                .ok_or_else(|| {
+                    Failure::new(ExitCode::Failure, "the export started without an ARN")
+                })?
                 .to_string();
             emit(
                 &events,
@@ -391,54 +411,67 @@ pub async fn dynamodb_export(
     if args.poll.no_wait {
         return Ok(());
     }
-    follow("export_arn", &export_arn, &args.poll, &events, cancellation, || {
-        let dynamodb = dynamodb.clone();
-        let export_arn = export_arn.clone();
-        async move {
-            let out = dynamodb
-                .describe_export()
-                .export_arn(&export_arn)
-                .send()
-                .await
-                .map_err(|err| aws_failure(format!("cannot describe export {export_arn}"), &err))?;
-            let description = out.export_description().ok_or_else(|| {
-                Failure::new(ExitCode::NotFound, format!("no export {export_arn}"))
-            })?;
-            let mut fields = Vec::new();
-            if let Some(bucket) = description.s3_bucket() {
-                fields.push(("bucket", Value::from(bucket)));
+    follow(
+        "export_arn",
+        &export_arn,
+        &args.poll,
+        &events,
+        cancellation,
+        || {
+            let dynamodb = dynamodb.clone();
+            let export_arn = export_arn.clone();
+            async move {
+                let out = dynamodb
+                    .describe_export()
+                    .export_arn(&export_arn)
+                    .send()
+                    .await
+                    .map_err(|err| {
+                        aws_failure(format!("cannot describe export {export_arn}"), &err)
+                    })?;
+                let description = out.export_description().ok_or_else(|| {
+                    Failure::new(ExitCode::NotFound, format!("no export {export_arn}"))
+                })?;
+                let mut fields = Vec::new();
+                if let Some(bucket) = description.s3_bucket() {
+                    fields.push(("bucket", Value::from(bucket)));
+                }
+                if let Some(prefix) = description.s3_prefix() {
+                    fields.push(("prefix", Value::from(prefix)));
+                }
+                if let Some(manifest) = description.export_manifest() {
+                    fields.push(("export_manifest", Value::from(manifest)));
+                }
+                if let Some(items) = description.item_count() {
+                    fields.push(("item_count", Value::from(items)));
+                }
+                if let Some(bytes) = description.billed_size_bytes() {
+                    fields.push(("billed_size_bytes", Value::from(bytes)));
+                }
+                let failure = match (description.failure_code(), description.failure_message()) {
+                    (None, None) => None,
+                    (code, message) => Some(format!(
+                        "{}{}{}",
+                        code.unwrap_or(""),
+                        if code.is_some() && message.is_some() {
+                            ": "
+                        } else {
+                            ""
+                        },
+                        message.unwrap_or("")
+                    )),
+                };
+                Ok(Status {
+                    status: description
+                        .export_status()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_else(|| "UNKNOWN".to_string()),
+                    percent: None,
+                    failure,
+                    fields,
+                })
             }
-            if let Some(prefix) = description.s3_prefix() {
-                fields.push(("prefix", Value::from(prefix)));
-            }
-            if let Some(manifest) = description.export_manifest() {
-                fields.push(("export_manifest", Value::from(manifest)));
-            }
-            if let Some(items) = description.item_count() {
-                fields.push(("item_count", Value::from(items)));
-            }
-            if let Some(bytes) = description.billed_size_bytes() {
-                fields.push(("billed_size_bytes", Value::from(bytes)));
-            }
-            let failure = match (description.failure_code(), description.failure_message()) {
-                (None, None) => None,
-                (code, message) => Some(format!(
-                    "{}{}{}",
-                    code.unwrap_or(""),
-                    if code.is_some() && message.is_some() { ": " } else { "" },
-                    message.unwrap_or("")
-                )),
-            };
-            Ok(Status {
-                status: description
-                    .export_status()
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|| "UNKNOWN".to_string()),
-                percent: None,
-                failure,
-                fields,
-            })
-        }
-    })
+        },
+    )
     .await
 }

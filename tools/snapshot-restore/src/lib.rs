@@ -111,7 +111,10 @@ pub fn man_extras() -> ManExtras {
                 "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN",
                 "credentials; otherwise the default chain (profile files, web identity, ECS, EC2 instance role). Secrets are never printed.",
             ),
-            ("AWS_CA_BUNDLE", "PEM file of extra certificate authorities."),
+            (
+                "AWS_CA_BUNDLE",
+                "PEM file of extra certificate authorities.",
+            ),
             (
                 "S3PIPE_AVAILABILITY_ZONE",
                 "availability zone for volume when --az is not given; otherwise IMDSv2 is asked.",

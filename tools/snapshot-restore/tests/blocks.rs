@@ -25,7 +25,8 @@ fn ebs() -> aws_sdk_ebs::Client {
 /// (moto keeps the checksum it is given, as a damaged block would look).
 fn snapshot(blocks: &[(i32, Vec<u8>)], lie_about: Option<i32>) -> String {
     let client = ebs();
-    let started = harness::block_on(client.start_snapshot().volume_size(1).send()).expect("StartSnapshot");
+    let started =
+        harness::block_on(client.start_snapshot().volume_size(1).send()).expect("StartSnapshot");
     let id = started.snapshot_id().expect("id").to_string();
     for (index, data) in blocks {
         let mut digest = Sha256::digest(data).to_vec();
@@ -41,7 +42,9 @@ fn snapshot(blocks: &[(i32, Vec<u8>)], lie_about: Option<i32>) -> String {
                 .data_length(data.len() as i32)
                 .checksum(checksum)
                 .checksum_algorithm(aws_sdk_ebs::types::ChecksumAlgorithm::ChecksumAlgorithmSha256)
-                .block_data(aws_smithy_types::byte_stream::ByteStream::from(data.clone()))
+                .block_data(aws_smithy_types::byte_stream::ByteStream::from(
+                    data.clone(),
+                ))
                 .send(),
         )
         .expect("PutSnapshotBlock");
@@ -100,7 +103,11 @@ fn image_on_stdout_is_the_snapshot_byte_for_byte() {
         .stderr(Stdio::piped())
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_image(&image, &blocks);
     let event = &events(&out.stderr)[0];
     assert_eq!(event["event"], "snapshot_read");
@@ -120,12 +127,19 @@ fn output_file_is_sparse_and_identical() {
         .arg(&image)
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty(), "nothing on stdout with --output");
     assert_image(&image, &blocks);
     let allocated = std::fs::metadata(&image).expect("stat").blocks() * 512;
     // Four data blocks (the all-zero one is a hole too), plus file-system slack.
-    assert!(allocated <= 4 * BLOCK as u64 + 256 * 1024, "not sparse: {allocated} bytes allocated");
+    assert!(
+        allocated <= 4 * BLOCK as u64 + 256 * 1024,
+        "not sparse: {allocated} bytes allocated"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left");
 }
@@ -137,21 +151,42 @@ fn corrupted_block_is_detected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("bad.img");
     let out = tool("snapshot-restore")
-        .args(["blocks", "--snapshot-id", &id, "--verify-attempts", "2", "--output"])
+        .args([
+            "blocks",
+            "--snapshot-id",
+            &id,
+            "--verify-attempts",
+            "2",
+            "--output",
+        ])
         .arg(&image)
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     let last = stderr.lines().last().unwrap_or("");
-    assert!(last.starts_with(&format!("snapshot-restore: block 9 of {id}: SHA-256 mismatch")), "{stderr}");
+    assert!(
+        last.starts_with(&format!(
+            "snapshot-restore: block 9 of {id}: SHA-256 mismatch"
+        )),
+        "{stderr}"
+    );
     assert!(!image.exists(), "no image left behind");
-    assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0, "no temporary file left");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("ls").count(),
+        0,
+        "no temporary file left"
+    );
 }
 
 #[test]
 fn changed_blocks_applied_over_the_parent_give_the_child() {
-    let parent_blocks = vec![(0, block(20)), (1, block(21)), (2, block(22)), (300, block(23))];
+    let parent_blocks = vec![
+        (0, block(20)),
+        (1, block(21)),
+        (2, block(22)),
+        (300, block(23)),
+    ];
     let child_blocks = vec![(0, block(20)), (1, block(31)), (300, block(33))];
     let parent = snapshot(&parent_blocks, None);
     let child = snapshot(&child_blocks, None);
@@ -162,23 +197,40 @@ fn changed_blocks_applied_over_the_parent_give_the_child() {
         .arg(&base)
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let list = dir.path().join("child.blocks");
     let out = moto::std_tool("snapshot-restore")
-        .args(["blocks", "--snapshot-id", &child, "--changed-since", &parent])
+        .args([
+            "blocks",
+            "--snapshot-id",
+            &child,
+            "--changed-since",
+            &parent,
+        ])
         .stdout(File::create(&list).expect("create"))
         .stderr(Stdio::piped())
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let event = &events(&out.stderr)[0];
     assert_eq!(event["event"], "changed_blocks_read");
     assert_eq!(event["parent_snapshot_id"], parent.as_str());
     // Blocks 1 and 300 changed, block 2 is gone; block 0 is the same and not in the list.
     assert_eq!(event["blocks_listed"], 3);
     let size = std::fs::metadata(&list).expect("stat").len();
-    assert!(size < 3 * BLOCK as u64, "only the changed blocks: {size} bytes");
+    assert!(
+        size < 3 * BLOCK as u64,
+        "only the changed blocks: {size} bytes"
+    );
 
     let out = tool("snapshot-restore")
         .args(["apply", "--target"])
@@ -187,7 +239,11 @@ fn changed_blocks_applied_over_the_parent_give_the_child() {
         .expect("stdin")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(events(&out.stderr)[0]["blocks"], 3);
     assert_image(&base, &child_blocks);
 }
@@ -199,11 +255,22 @@ fn damaged_block_list_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let list = dir.path().join("list");
     let out = moto::std_tool("snapshot-restore")
-        .args(["blocks", "--snapshot-id", &child, "--changed-since", &parent, "--output"])
+        .args([
+            "blocks",
+            "--snapshot-id",
+            &child,
+            "--changed-since",
+            &parent,
+            "--output",
+        ])
         .arg(&list)
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut bytes = std::fs::read(&list).expect("read");
     let target = dir.path().join("target.img");
     std::fs::write(&target, b"").expect("create");
@@ -235,11 +302,20 @@ fn damaged_block_list_is_refused() {
 #[test]
 fn unknown_snapshot_is_not_found() {
     let out = tool("snapshot-restore")
-        .args(["blocks", "--snapshot-id", "snap-0000000000000dead", "--max-attempts", "2"])
+        .args([
+            "blocks",
+            "--snapshot-id",
+            "snap-0000000000000dead",
+            "--max-attempts",
+            "2",
+        ])
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.starts_with("snapshot-restore: cannot list the blocks of snap-0000000000000dead"), "{stderr}");
+    assert!(
+        stderr.starts_with("snapshot-restore: cannot list the blocks of snap-0000000000000dead"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
 }

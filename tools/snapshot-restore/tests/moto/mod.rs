@@ -42,16 +42,7 @@ pub fn ec2() -> aws_sdk_ec2::Client {
 
 /// A tool run against moto: endpoint, region and dummy credentials set.
 pub fn tool(name: &str) -> assert_cmd::Command {
-    let mut cmd = harness::tool(name);
-    cmd.env("AWS_ENDPOINT_URL", endpoint())
-        .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("S3PIPE_INSTANCE_ID")
-        .env_remove("S3PIPE_AVAILABILITY_ZONE")
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9");
-    cmd
+    assert_cmd::Command::from_std(std_tool(name))
 }
 
 /// The same, as a std Command (for pipelines and signals).
@@ -167,10 +158,10 @@ impl Imds {
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
                         break;
                     }
-                    if let Some((name, value)) = line.split_once(':') {
-                        if name.eq_ignore_ascii_case("x-aws-ec2-metadata-token") {
-                            token = Some(value.trim().to_string());
-                        }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("x-aws-ec2-metadata-token")
+                    {
+                        token = Some(value.trim().to_string());
                     }
                 }
                 let mut parts = request.split_whitespace();
