@@ -170,7 +170,11 @@ impl Tapes {
         if let Some(sse) = &self.device.server_side_encryption {
             request = request.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
         }
+        // Content-MD5 already makes the server check every byte; signing the payload as well
+        // would hash each block twice more (here and on the server) for nothing.
         let output = request
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|err| Failure::from_sdk(format!("cannot write s3://{bucket}/{key}"), &err))?;

@@ -39,7 +39,16 @@ fn spawn_reader(
     tx: mpsc::Sender<Chunk>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut hasher = Sha256::new();
+        // The SHA-256 of the stream is sequential work: a thread of its own keeps it off the
+        // path between reading a block and handing it to the uploads.
+        let (to_hasher, blocks) = std::sync::mpsc::sync_channel::<Bytes>(1);
+        let hasher = std::thread::spawn(move || {
+            let mut hasher = Sha256::new();
+            for block in blocks {
+                hasher.update(&block);
+            }
+            hex::encode(hasher.finalize())
+        });
         let mut total = 0u64;
         loop {
             let mut block = BytesMut::zeroed(block_size);
@@ -56,15 +65,24 @@ fn spawn_reader(
                 }
             }
             block.truncate(filled);
-            hasher.update(&block);
             total += filled as u64;
             let last = filled < block_size;
-            if filled > 0 && tx.blocking_send(Chunk::Block(block.freeze())).is_err() {
-                return;
+            if filled > 0 {
+                let block = block.freeze();
+                if to_hasher.send(block.clone()).is_err()
+                    || tx.blocking_send(Chunk::Block(block)).is_err()
+                {
+                    return;
+                }
             }
             if last {
+                drop(to_hasher);
+                let Ok(sha256) = hasher.join() else {
+                    let _ = tx.blocking_send(Chunk::Failed(std::io::Error::other("the hashing thread panicked")));
+                    return;
+                };
                 let _ = tx.blocking_send(Chunk::End {
-                    sha256: hex::encode(hasher.finalize()),
+                    sha256,
                     size: total,
                 });
                 return;
