@@ -319,3 +319,35 @@ fn unknown_snapshot_is_not_found() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn throttling_and_server_errors_slow_it_down_but_do_not_fail_it() {
+    let blocks = sample();
+    let id = snapshot(&blocks, None);
+    // 30% of requests answered 500/503 (SlowDown): every block still arrives, in order.
+    let proxy = moto::MotoFaultProxy::start(&["--error-rate", "0.3", "--seed", "7"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("image");
+    let out = tool("snapshot-restore")
+        .args([
+            "blocks",
+            "--snapshot-id",
+            &id,
+            "--endpoint-url",
+            &proxy.url,
+            "--output",
+        ])
+        .arg(&image)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_image(&image, &blocks);
+    let stats = proxy.stats();
+    let faults =
+        stats["errors_500"].as_u64().unwrap_or(0) + stats["errors_503"].as_u64().unwrap_or(0);
+    assert!(faults > 0, "the proxy injected errors: {stats}");
+}

@@ -215,3 +215,50 @@ pub fn shell(script: &str) -> std::process::Command {
     }
     shell
 }
+
+/// `scripts/fault-proxy` in front of moto (harness::FaultProxy fronts the S3 server); killed
+/// when dropped.
+#[derive(Debug)]
+pub struct MotoFaultProxy {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl MotoFaultProxy {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child =
+            std::process::Command::new(harness::repo_root().join("scripts/fault-proxy"))
+                .arg("--upstream")
+                .arg(endpoint())
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start scripts/fault-proxy");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("proxy prints its URL");
+        let url = line
+            .trim()
+            .strip_prefix("FAULT_PROXY_URL=")
+            .expect("FAULT_PROXY_URL line")
+            .to_string();
+        MotoFaultProxy { child, url }
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let output = std::process::Command::new("curl")
+            .args(["-sf", &format!("{}/__fault_proxy/stats", self.url)])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&output.stdout).expect("stats are JSON")
+    }
+}
+
+impl Drop for MotoFaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
