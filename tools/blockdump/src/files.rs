@@ -327,6 +327,9 @@ pub fn dir_is_empty(dir: &Path) -> io::Result<bool> {
     Ok(fs::read_dir(dir)?.next().is_none())
 }
 
+/// A restored directory's path, mtime and extended attributes, applied after its contents.
+type DirAttrs = (PathBuf, u64, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// Extracts a tar archive into `dir`: ownership, modes, times, links, holes and extended
 /// attributes (the tar crate applies attributes to regular files only; directories get theirs
 /// here, along with their times, after their contents are in place).
@@ -337,7 +340,7 @@ pub fn extract<R: Read>(input: R, dir: &Path) -> Result<u64, Failure> {
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
-    let mut dirs: Vec<(PathBuf, u64, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+    let mut dirs: Vec<DirAttrs> = Vec::new();
     let mut count = 0u64;
     let entries = archive
         .entries()
@@ -418,6 +421,7 @@ fn safe_join(dir: &Path, name: &Path) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

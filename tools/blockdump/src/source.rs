@@ -183,6 +183,13 @@ pub struct ReadOptions<'a> {
     pub progress: &'a indicatif::ProgressBar,
 }
 
+/// What to do about a read error.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadErrors {
+    pub continue_on_error: bool,
+    pub sector: usize,
+}
+
 /// Streams the whole source into `sink` as raw bytes. Returns the unreadable ranges (only with
 /// `continue_on_error`; otherwise the first error fails with its offset).
 pub fn read_raw(
@@ -244,7 +251,11 @@ pub fn read_raw(
             let n = (aligned_end - pos).min(chunk as u64) as usize;
             let mut buf = sink.buffer();
             buf.resize(n, 0);
-            read_chunk(file, &source.path, pos, &mut buf, options, &mut bad)?;
+            let errors = ReadErrors {
+                continue_on_error: options.continue_on_error,
+                sector: options.sector,
+            };
+            read_chunk(file, &source.path, pos, &mut buf, &errors, &mut bad)?;
             options.rate.consume(n as u64);
             options.progress.inc(n as u64);
             sink.push_chunk(buf)?;
@@ -258,12 +269,24 @@ pub fn read_raw(
     Ok(bad)
 }
 
+/// Reading at an offset: a file or device (`pread`), or a stand-in with bad sectors in tests,
+/// since this machine offers no way (device-mapper, fault injection) to make a real device fail.
+pub trait ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
 fn read_chunk(
-    file: &File,
+    file: &impl ReadAt,
     path: &Path,
     offset: u64,
     buf: &mut [u8],
-    options: &ReadOptions<'_>,
+    options: &ReadErrors,
     bad: &mut Vec<BadRange>,
 ) -> io::Result<()> {
     let err = match file.read_exact_at(buf, offset) {
@@ -316,4 +339,79 @@ fn read_chunk(
         at += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A 1 MiB "device" whose sectors 8 and 9 (4 KiB each) cannot be read.
+    struct BadSectors;
+
+    impl ReadAt for BadSectors {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let bad = 8 * 4096..10 * 4096;
+            let end = offset + buf.len() as u64;
+            if offset < bad.end && end > bad.start {
+                return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+            }
+            buf.fill(0xAB);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_read_error_fails_with_its_offset() {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bad = Vec::new();
+        let errors = ReadErrors {
+            continue_on_error: false,
+            sector: 4096,
+        };
+        let err = read_chunk(
+            &BadSectors,
+            Path::new("/dev/x"),
+            0,
+            &mut buf,
+            &errors,
+            &mut bad,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("read error on /dev/x") && text.contains("at offset 0:"),
+            "{text}"
+        );
+        assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn continue_on_error_zeroes_and_lists_bad_sectors() {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bad = Vec::new();
+        let errors = ReadErrors {
+            continue_on_error: true,
+            sector: 4096,
+        };
+        read_chunk(
+            &BadSectors,
+            Path::new("/dev/x"),
+            0,
+            &mut buf,
+            &errors,
+            &mut bad,
+        )
+        .expect("continues");
+        assert_eq!(
+            bad,
+            vec![BadRange {
+                offset: 8 * 4096,
+                length: 2 * 4096
+            }]
+        );
+        assert!(buf[8 * 4096..10 * 4096].iter().all(|b| *b == 0));
+        assert!(buf[..8 * 4096].iter().all(|b| *b == 0xAB));
+        assert!(buf[10 * 4096..].iter().all(|b| *b == 0xAB));
+    }
 }

@@ -229,7 +229,7 @@ impl Compressor {
 
 /// A chunk handed to the workers.
 enum Payload {
-    Data(Vec<u8>),
+    Data(Arc<Vec<u8>>),
     Zero(usize),
 }
 
@@ -298,7 +298,9 @@ pub struct ChunkSink {
     pool: Pool,
     buf: Vec<u8>,
     seq: u64,
-    hasher: Sha256,
+    /// To the hashing thread, in order. Hashing has a thread of its own so that the SHA-256 of a
+    /// run of zeros (the one cost zeros cannot avoid) overlaps with compressing the data around it.
+    hashes: Option<SyncSender<Payload>>,
     pub size: u64,
     pub zero_bytes: u64,
     /// Set when a stage behind us failed: the error to report instead of "channel closed".
@@ -322,6 +324,15 @@ fn closed(failed: &Arc<Mutex<Option<io::Error>>>) -> io::Error {
 
 impl ChunkSink {
     fn send(&mut self, payload: Payload) -> io::Result<()> {
+        let for_hash = match &payload {
+            Payload::Data(data) => Payload::Data(Arc::clone(data)),
+            Payload::Zero(n) => Payload::Zero(*n),
+        };
+        if let Some(hashes) = &self.hashes {
+            hashes
+                .send(for_hash)
+                .map_err(|_| io::Error::other("the hashing thread stopped"))?;
+        }
         let job = Job {
             seq: self.seq,
             payload,
@@ -345,7 +356,7 @@ impl ChunkSink {
             self.pool.give(buf);
             self.send(Payload::Zero(len))
         } else {
-            self.send(Payload::Data(buf))
+            self.send(Payload::Data(Arc::new(buf)))
         }
     }
 
@@ -357,7 +368,6 @@ impl ChunkSink {
     /// Pushes one chunk read by the caller (no larger than the chunk size); zeros are detected.
     pub fn push_chunk(&mut self, data: Vec<u8>) -> io::Result<()> {
         self.flush_buf()?;
-        self.hasher.update(&data);
         self.size += data.len() as u64;
         if is_zero(&data) {
             let len = data.len();
@@ -365,7 +375,7 @@ impl ChunkSink {
             self.pool.give(data);
             self.send(Payload::Zero(len))
         } else {
-            self.send(Payload::Data(data))
+            self.send(Payload::Data(Arc::new(data)))
         }
     }
 
@@ -376,7 +386,6 @@ impl ChunkSink {
         self.size += len;
         while len > 0 {
             let n = len.min(self.settings.chunk_size as u64) as usize;
-            self.hasher.update(zeros(n));
             self.send(Payload::Zero(n))?;
             len -= n as u64;
         }
@@ -393,7 +402,6 @@ impl Write for ChunkSink {
         let room = self.settings.chunk_size - self.buf.len();
         let n = room.min(data.len());
         self.buf.extend_from_slice(&data[..n]);
-        self.hasher.update(&data[..n]);
         self.size += n as u64;
         if self.buf.len() == self.settings.chunk_size {
             self.flush_buf()?;
@@ -470,7 +478,9 @@ where
                     Payload::Zero(len) => compressor.compress(zeros(len), &mut out),
                     Payload::Data(data) => {
                         let r = compressor.compress(&data, &mut out);
-                        in_pool.give(data);
+                        if let Ok(buf) = Arc::try_unwrap(data) {
+                            in_pool.give(buf);
+                        }
                         r
                     }
                 };
@@ -501,19 +511,40 @@ where
         }
     });
 
+    let (hash_tx, hash_rx) = sync_channel::<Payload>(64);
+    let hash_pool = in_pool.clone();
+    let hasher = thread::spawn(move || {
+        let mut hasher = Sha256::new();
+        for payload in hash_rx {
+            match payload {
+                Payload::Zero(n) => hasher.update(zeros(n)),
+                Payload::Data(data) => {
+                    hasher.update(&data[..]);
+                    if let Ok(buf) = Arc::try_unwrap(data) {
+                        hash_pool.give(buf);
+                    }
+                }
+            }
+        }
+        let digest: [u8; 32] = hasher.finalize().into();
+        digest
+    });
+
     let mut sink = ChunkSink {
         settings,
         jobs: Some(job_tx),
         pool: in_pool.clone(),
         buf: in_pool.take(settings.chunk_size),
         seq: 0,
-        hasher: Sha256::new(),
+        hashes: Some(hash_tx),
         size: 0,
         zero_bytes: 0,
         failed: Arc::clone(&failed),
     };
     let produced = produce(&mut sink).and_then(|value| sink.flush_buf().map(|()| value));
     sink.jobs = None; // closes the job channel: the workers finish, then the writer
+    sink.hashes = None;
+    let digest = hasher.join();
     for handle in handles {
         let _ = handle.join();
     }
@@ -525,7 +556,7 @@ where
     if let Some(err) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(err);
     }
-    let sha256: [u8; 32] = sink.hasher.clone().finalize().into();
+    let sha256 = digest.map_err(|_| io::Error::other("the hashing thread panicked"))?;
     let end = end_marker(settings.codec, content, sink.size, &sha256);
     output.write_all(&end)?;
     output.flush()?;
@@ -568,6 +599,7 @@ fn write_in_order<W: Write>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::io::Read;

@@ -173,10 +173,7 @@ fn image_file_in_auto_mode_uses_files_and_zstd_d_gives_a_tar() {
         "{listing}"
     );
     // No loop device is left behind.
-    let loops =
-        String::from_utf8_lossy(&sh("losetup", &["-j", image.to_str().expect("path")]).stdout)
-            .to_string();
-    assert!(loops.trim().is_empty(), "loop device left: {loops}");
+    assert!(loops_of(&image).is_empty(), "loop device left behind");
 }
 
 #[test]
@@ -273,6 +270,46 @@ fn a_mounted_source_stays_unmodified() {
     let ev = event(&out.stderr);
     assert!(ev["sha256"].is_string());
     // Our private mount is gone again.
+    assert!(blockdump_mounts_of(dev.as_str()).is_empty());
+}
+
+#[test]
+fn sigterm_mid_dump_unmounts_and_exits_143() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let image = filled_image(tmp.path(), "mkfs.ext4", &["-q", "-F"], 64 << 20);
+    let child = Command::new(harness::bin("blockdump"))
+        .args(["--mode", "files", "--rate-limit", "1MiB"])
+        .arg(&image)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let loops = loops_of(&image);
+    assert_eq!(
+        loops.len(),
+        1,
+        "blockdump's read-only loop device: {loops:?}"
+    );
+    let ours = blockdump_mounts_of(&loops[0]);
+    assert_eq!(ours.len(), 1, "the dump should be under way");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(143));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("blockdump: terminated by SIGTERM"),
+        "{err}"
+    );
     let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    assert!(!mounts.contains("blockdump-"), "{mounts}");
+    assert!(!mounts.contains(&ours[0]), "{mounts}");
+    assert!(loops_of(&image).is_empty(), "loop device left behind");
+    assert!(!Path::new(&ours[0]).exists(), "mount point left behind");
 }

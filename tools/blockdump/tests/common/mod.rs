@@ -265,3 +265,26 @@ pub fn blockdump() -> assert_cmd::Command {
 pub fn last_event(path: &Path) -> serde_json::Value {
     event(&fs::read(path).expect("events file"))
 }
+
+/// blockdump's private mount points (blockdump-*) whose source is `device`.
+pub fn blockdump_mounts_of(device: &str) -> Vec<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let source = right.split(' ').nth(1)?;
+            (mount_point.contains("/blockdump-") && source == device)
+                .then(|| mount_point.to_string())
+        })
+        .collect()
+}
+
+/// The loop devices backed by `image`.
+pub fn loops_of(image: &Path) -> Vec<String> {
+    let out = sh("losetup", &["-j", image.to_str().expect("path")]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').next().map(str::to_string))
+        .collect()
+}
