@@ -263,12 +263,12 @@ impl Config {
             return Err(Failure::usage("tapecycle must be at least 1"));
         }
         let autolabel = overrides.autolabel.clone().or(file.autolabel);
-        if let Some(template) = &autolabel {
-            if !template.contains('%') {
-                return Err(Failure::usage(format!(
-                    "autolabel '{template}' has no '%' for the slot number (as in 'DailySet1-%%')"
-                )));
-            }
+        if let Some(template) = &autolabel
+            && !template.contains('%')
+        {
+            return Err(Failure::usage(format!(
+                "autolabel '{template}' has no '%' for the slot number (as in 'DailySet1-%%')"
+            )));
         }
         let tape_length = match overrides.tape_length {
             Some(length) => Some(length),
@@ -316,13 +316,13 @@ impl Config {
                 "label '{label}' is empty or holds blanks; Amanda labels are one word"
             )));
         }
-        if let Some(pattern) = &self.labelstr {
-            if !pattern.is_match(label) {
-                return Err(Failure::usage(format!(
-                    "label '{label}' does not match labelstr '{}'",
-                    pattern.as_str()
-                )));
-            }
+        if let Some(pattern) = &self.labelstr
+            && !pattern.is_match(label)
+        {
+            return Err(Failure::usage(format!(
+                "label '{label}' does not match labelstr '{}'",
+                pattern.as_str()
+            )));
         }
         Ok(())
     }
@@ -362,6 +362,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

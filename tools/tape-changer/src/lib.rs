@@ -301,10 +301,11 @@ impl Ctx {
             let (number, scanned) =
                 done.map_err(|err| Failure::new(ExitCode::Failure, err.to_string()))?;
             let mut scanned = scanned?;
-            if let Some(previous) = old.and_then(|s| s.slot(number)) {
-                if previous.label == scanned.label && previous.datestamp == scanned.datestamp {
-                    scanned.reuse_pending = previous.reuse_pending;
-                }
+            if let Some(previous) = old.and_then(|s| s.slot(number))
+                && previous.label == scanned.label
+                && previous.datestamp == scanned.datestamp
+            {
+                scanned.reuse_pending = previous.reuse_pending;
             }
             *state.slot_mut(number) = scanned;
         }
@@ -550,15 +551,14 @@ async fn cmd_label(
     if let Some(other) = ctx.config.slots.iter().find(|s| {
         s.number != slot.number
             && state.slot(s.number).and_then(|x| x.label.as_deref()) == Some(new_label)
-    }) {
-        if !force {
-            return Err(Failure::new(
-                ExitCode::Exists,
-                format!(
-                    "label {new_label} is already on {other}; labels must be unique (use --force to label anyway)"
-                ),
-            ));
-        }
+    }) && !force
+    {
+        return Err(Failure::new(
+            ExitCode::Exists,
+            format!(
+                "label {new_label} is already on {other}; labels must be unique (use --force to label anyway)"
+            ),
+        ));
     }
     ctx.tapes.ensure_bucket(&slot.bucket).await?;
     match ctx.tapes.read_label(&slot).await {
@@ -876,12 +876,12 @@ async fn cmd_write(
             ));
         }
     };
-    if let Some(known) = state.slot(slot.number).and_then(|s| s.label.clone()) {
-        if known != label {
-            return Err(Failure::usage(format!(
-                "{slot} now holds tape {label}, not {known} as when it was loaded; load it again"
-            )));
-        }
+    if let Some(known) = state.slot(slot.number).and_then(|s| s.label.clone())
+        && known != label
+    {
+        return Err(Failure::usage(format!(
+            "{slot} now holds tape {label}, not {known} as when it was loaded; load it again"
+        )));
     }
     let reuse = state.slot(slot.number).is_some_and(|s| s.reuse_pending);
     let start_tape = tape_date == "X" || reuse;
@@ -905,14 +905,14 @@ async fn cmd_write(
             .sum();
         (files.len() as u32 + 1, used)
     };
-    if let Some(length) = ctx.config.tape_length {
-        if used >= length {
-            return Err(Failure::input(format!(
-                "tape {label} is full: {} used, the tapetype length is {}; load another tape",
-                format_size(used),
-                format_size(length)
-            )));
-        }
+    if let Some(length) = ctx.config.tape_length
+        && used >= length
+    {
+        return Err(Failure::input(format!(
+            "tape {label} is full: {} used, the tapetype length is {}; load another tape",
+            format_size(used),
+            format_size(length)
+        )));
     }
     let tape_datestamp = if start_tape {
         // Start the tape over as Amanda does: the old files go, the label gets the run date.

@@ -36,6 +36,9 @@ pub struct ReadResult {
     pub seconds: f64,
 }
 
+/// A block GET in flight.
+type Fetch = JoinHandle<Result<Option<Bytes>, Failure>>;
+
 /// One object to fetch, and the MD5 it must have.
 struct Piece {
     key: String,
@@ -115,10 +118,10 @@ pub async fn read_file(
         let mut out = stdout.lock();
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        if let Some(prefix) = prefix {
-            if !s3pipe::output::write_stdout(&mut out, &prefix)? {
-                return Ok((String::new(), 0, false));
-            }
+        if let Some(prefix) = prefix
+            && !s3pipe::output::write_stdout(&mut out, &prefix)?
+        {
+            return Ok((String::new(), 0, false));
         }
         for data in rx {
             hasher.update(&data);
@@ -132,8 +135,7 @@ pub async fn read_file(
     });
 
     let threads = tapes.device.threads_recovery.max(1);
-    let mut pending: VecDeque<(usize, JoinHandle<Result<Option<Bytes>, Failure>>)> =
-        VecDeque::new();
+    let mut pending: VecDeque<(usize, Fetch)> = VecDeque::new();
     let mut next = 0;
     let mut reader_gone = false;
     let total_pieces = pieces.len();
@@ -219,12 +221,11 @@ pub async fn read_file(
         sha256: want_sha,
         ..
     }) = &manifest
+        && (*want_size != size || *want_sha != sha256)
     {
-        if *want_size != size || *want_sha != sha256 {
-            return Err(Failure::verify(format!(
-                "file {file} of tape {label} does not match its manifest: read {size} bytes with SHA-256 {sha256}, written {want_size} bytes with {want_sha}"
-            )));
-        }
+        return Err(Failure::verify(format!(
+            "file {file} of tape {label} does not match its manifest: read {size} bytes with SHA-256 {sha256}, written {want_size} bytes with {want_sha}"
+        )));
     }
     Ok(ReadResult {
         header,

@@ -170,6 +170,7 @@ pub fn parse_slots(specs: &[String]) -> Result<Vec<Slot>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -453,10 +453,10 @@ impl Layout {
         let mut layout = Layout::default();
         for object in listing {
             layout.keys.push(object.key.clone());
-            if let Some(name) = object.key.strip_prefix(&slot.prefix) {
-                if let Some((file, part)) = classify(name) {
-                    layout.parts.push((file, part, object.size));
-                }
+            if let Some(name) = object.key.strip_prefix(&slot.prefix)
+                && let Some((file, part)) = classify(name)
+            {
+                layout.parts.push((file, part, object.size));
             }
         }
         layout

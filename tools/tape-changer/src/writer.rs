@@ -78,7 +78,9 @@ fn spawn_reader(
             if last {
                 drop(to_hasher);
                 let Ok(sha256) = hasher.join() else {
-                    let _ = tx.blocking_send(Chunk::Failed(std::io::Error::other("the hashing thread panicked")));
+                    let _ = tx.blocking_send(Chunk::Failed(std::io::Error::other(
+                        "the hashing thread panicked",
+                    )));
                     return;
                 };
                 let _ = tx.blocking_send(Chunk::End {
@@ -188,16 +190,16 @@ async fn write_inner(
             }
             Chunk::End { sha256, size } => break (sha256, size),
             Chunk::Block(data) => {
-                if let Some(length) = target.length {
-                    if target.used + sent + data.len() as u64 > length {
-                        uploads.abort_all();
-                        return Err(Failure::input(format!(
-                            "tape {} is full: {} used, the tapetype length is {}; nothing was added to it",
-                            target.label,
-                            format_size(target.used),
-                            format_size(length)
-                        )));
-                    }
+                if let Some(length) = target.length
+                    && target.used + sent + data.len() as u64 > length
+                {
+                    uploads.abort_all();
+                    return Err(Failure::input(format!(
+                        "tape {} is full: {} used, the tapetype length is {}; nothing was added to it",
+                        target.label,
+                        format_size(target.used),
+                        format_size(length)
+                    )));
                 }
                 if let Some(speed) = speed {
                     let due = Duration::from_secs_f64(sent as f64 / speed as f64);
