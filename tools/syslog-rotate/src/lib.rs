@@ -414,10 +414,10 @@ pub async fn run(mut args: Args, cancellation: Cancellation) -> Result<(), Failu
         ctx.abort_open_uploads().await;
         return Err(with_spool_note(failure, args.spool_dir.as_deref()));
     }
-    if let Err(failure) = &result {
-        if failure.exit != ExitCode::Input {
-            ctx.abort_open_uploads().await;
-        }
+    if let Err(failure) = &result
+        && failure.exit != ExitCode::Input
+    {
+        ctx.abort_open_uploads().await;
     }
     let summary = Event::new(TOOL, "summary")
         .with("bucket", args.bucket.clone())

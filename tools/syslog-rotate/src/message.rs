@@ -363,6 +363,7 @@ fn json_time(map: &Map<String, Value>) -> Option<i64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

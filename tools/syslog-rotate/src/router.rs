@@ -558,15 +558,15 @@ impl Processor {
             None => (None, None),
         };
         let timestamp = &self.cache.timestamp;
-        if let Some(id) = current {
-            if self.objects[&id].timestamp == *timestamp {
-                return Ok(id);
-            }
+        if let Some(id) = current
+            && self.objects[&id].timestamp == *timestamp
+        {
+            return Ok(id);
         }
-        if let Some(id) = backfill {
-            if self.objects[&id].timestamp == *timestamp {
-                return Ok(id);
-            }
+        if let Some(id) = backfill
+            && self.objects[&id].timestamp == *timestamp
+        {
+            return Ok(id);
         }
         match current {
             None => self.open(Slot::Current),

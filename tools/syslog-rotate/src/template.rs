@@ -385,6 +385,7 @@ fn render_date(part: DatePart, at: i64, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::message::{InputFormat, parse};

@@ -223,10 +223,10 @@ pub async fn abort_uploads_on(client: &Client, bucket: &str, key: &str) -> Resul
     })
     .await?;
     for upload in listed.uploads() {
-        if upload.key() == Some(key) {
-            if let Some(id) = upload.upload_id() {
-                abort(client, bucket, key, id).await;
-            }
+        if upload.key() == Some(key)
+            && let Some(id) = upload.upload_id()
+        {
+            abort(client, bucket, key, id).await;
         }
     }
     Ok(())
@@ -297,6 +297,7 @@ async fn object_task(
         .map(|entry| HashMap::from([(SPOOL_ID_METADATA.to_string(), entry.id.clone())]));
     let mut upload_id: Option<String> = None;
     let mut parts: JoinSet<Result<CompletedPart, Failure>> = JoinSet::new();
+    let mut done: Vec<CompletedPart> = Vec::new();
     loop {
         let message = tokio::select! {
             message = rx.recv() => message,
@@ -334,10 +335,13 @@ async fn object_task(
                     part
                 });
                 // Surface a failed part early rather than at the end of the object.
-                while let Some(done) = parts.try_join_next() {
-                    if let Err(failure) = joined(done) {
-                        parts.abort_all();
-                        return Err(failure);
+                while let Some(part) = parts.try_join_next() {
+                    match joined(part) {
+                        Ok(part) => done.push(part),
+                        Err(failure) => {
+                            parts.abort_all();
+                            return Err(failure);
+                        }
                     }
                 }
             }
@@ -354,6 +358,7 @@ async fn object_task(
                         put(ctx, key, data, metadata.clone()).await?
                     }
                     Some(id) => {
+                        let expected = if data.is_empty() { number - 1 } else { number };
                         if !data.is_empty() {
                             let ctx2 = ctx.clone();
                             let (key2, id2) = (key.to_string(), id.clone());
@@ -361,7 +366,6 @@ async fn object_task(
                                 upload_part(&ctx2, &key2, &id2, number, data).await
                             });
                         }
-                        let mut done = Vec::new();
                         while let Some(part) = parts.join_next().await {
                             match joined(part) {
                                 Ok(part) => done.push(part),
@@ -371,8 +375,17 @@ async fn object_task(
                                 }
                             }
                         }
+                        let mut done = std::mem::take(&mut done);
                         done.sort_by_key(|p| p.part_number);
                         stored_parts = done.len();
+                        if stored_parts != expected as usize {
+                            return Err(Failure::new(
+                                ExitCode::Failure,
+                                format!(
+                                    "internal error: {stored_parts} of {expected} parts of s3://{bucket}/{key} accounted for; not completing it"
+                                ),
+                            ));
+                        }
                         let etag = complete(ctx, key, id, done).await?;
                         ctx.unregister(key);
                         etag
@@ -515,11 +528,8 @@ async fn complete(
     parts: Vec<CompletedPart>,
 ) -> Result<String, Failure> {
     let s = &ctx.settings;
-    let mut attempt = 0;
     retry("complete an upload", || {
-        attempt += 1;
         let parts = parts.clone();
-        let first = attempt == 1;
         async move {
             let _slot = ctx.threads.acquire().await;
             let result = ctx
@@ -542,19 +552,19 @@ async fn complete(
                         format!("cannot complete the upload of s3://{}/{key}", s.bucket),
                         &err,
                     );
-                    // A completion whose answer was lost, retried: the upload is gone because
-                    // it became the object.
-                    if !first && failure.exit == ExitCode::NotFound {
-                        if let Ok(head) = ctx
+                    // A completion whose answer was lost, retried (by us or by the SDK): the
+                    // upload is gone because it became the object. The key is reserved for
+                    // this object, so an object there is this one.
+                    if failure.exit == ExitCode::NotFound
+                        && let Ok(head) = ctx
                             .client
                             .head_object()
                             .bucket(&s.bucket)
                             .key(key)
                             .send()
                             .await
-                        {
-                            return Ok(head.e_tag.unwrap_or_default());
-                        }
+                    {
+                        return Ok(head.e_tag.unwrap_or_default());
                     }
                     Err(failure)
                 }
@@ -713,6 +723,7 @@ pub fn index_of(key: &str, base: &str, suffix: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::index_of;
 

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
+#[allow(unused_imports)]
 pub use harness::{block_on, client, new_bucket, object, open_uploads};
 
 pub const TOOL: &str = "syslog-rotate";
@@ -66,7 +67,10 @@ impl Running {
 }
 
 /// Runs the tool to completion on `input`: (status, events, stderr).
-pub fn run(args: &[&str], input: &[u8]) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+pub fn run(
+    args: &[&str],
+    input: &[u8],
+) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
     let mut running = Running::start(args);
     let stdin = running.child.stdin.take().expect("stdin");
     let input = input.to_vec();
@@ -81,7 +85,10 @@ pub fn run(args: &[&str], input: &[u8]) -> (std::process::ExitStatus, Vec<serde_
 
 /// The object_stored events among `events`.
 pub fn stored(events: &[serde_json::Value]) -> Vec<&serde_json::Value> {
-    events.iter().filter(|e| e["event"] == "object_stored").collect()
+    events
+        .iter()
+        .filter(|e| e["event"] == "object_stored")
+        .collect()
 }
 
 pub fn summary(events: &[serde_json::Value]) -> &serde_json::Value {
