@@ -125,15 +125,24 @@ pub async fn write_file(
     if result.is_err() {
         let slot = target.slot;
         let prefix = tape::file_prefix(slot, target.file);
-        // Clean up even after a signal: the objects must not outlive the failed file.
-        match tapes.list(&slot.bucket, &prefix).await {
-            Ok(listed) => {
-                let keys: Vec<String> = listed.into_iter().map(|l| l.key).collect();
-                if let Err(err) = tapes.delete(&slot.bucket, &keys).await {
-                    tracing::error!("could not delete the blocks of the failed file: {err}");
+        // Clean up even after a signal: the objects must not outlive the failed file. A PUT
+        // abandoned just as its body had been sent may still be stored a moment later, hence a
+        // second pass.
+        for pass in 0..2 {
+            if pass > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            match tapes.list(&slot.bucket, &prefix).await {
+                Ok(listed) => {
+                    let keys: Vec<String> = listed.into_iter().map(|l| l.key).collect();
+                    if let Err(err) = tapes.delete(&slot.bucket, &keys).await {
+                        tracing::error!("could not delete the blocks of the failed file: {err}");
+                    }
+                }
+                Err(err) => {
+                    tracing::error!("could not list the blocks of the failed file: {err}")
                 }
             }
-            Err(err) => tracing::error!("could not list the blocks of the failed file: {err}"),
         }
     }
     result

@@ -166,6 +166,15 @@ fn a_missing_or_damaged_block_fails_the_read_loudly() {
     );
     assert!(out.get_output().stdout.is_empty());
 
+    // A file header that is not Amanda's.
+    set.put(
+        &set.key(1, "f00000002-filestart"),
+        b"#!/bin/sh\necho hello\n",
+    );
+    let out = set.tc().args(["read", "--file", "2"]).assert().code(5);
+    assert!(one_line(&out.get_output().stderr).contains("not an Amanda header"));
+    assert!(out.get_output().stdout.is_empty());
+
     // A file that is not there.
     let out = set.tc().args(["read", "--file", "9"]).assert().code(3);
     assert!(one_line(&out.get_output().stderr).contains("has no file 9 (it holds 2 files)"));
