@@ -129,7 +129,8 @@ pub struct DumpArgs {
     #[arg(long)]
     pub continue_on_error: bool,
 
-    /// Report the size and the mode that would be used, and write no data
+    /// Report the size and the mode that would be used (files when the file system is recognised;
+    /// the mount is not tried), and write no data
     #[arg(long)]
     pub dry_run: bool,
 
@@ -341,11 +342,8 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
                 "no ext2/3/4 or XFS file system recognised".to_string()
             }),
         },
-        (mode, Some(fs)) if args.dry_run => {
-            let _ = mode;
-            let _ = fs;
-            Plan::Raw { fallback: None }
-        }
+        // A dry run does not mount: it reports files mode when the file system is recognised.
+        (_, Some(_)) if args.dry_run => Plan::Raw { fallback: None },
         (mode, Some(fs)) => {
             let device = match src.kind {
                 source::Kind::File => match files::LoopDevice::attach(&src.path) {
@@ -443,7 +441,7 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
     };
     let progress = s3pipe::progress::bytes(progress_total, quiet, "dumping");
 
-    let (content, result) = match &plan {
+    let result = match &plan {
         Plan::Raw { .. } => {
             let mut options = source::ReadOptions {
                 continue_on_error: args.continue_on_error,
@@ -452,24 +450,22 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
                 cancellation: &cancellation,
                 progress: &progress,
             };
-            let result = stream::run(settings, Content::Raw, output, |sink| {
+            stream::run(settings, Content::Raw, output, |sink| {
                 source::read_raw(&mut src, sink, &mut options)
             })
-            .map(|(bad, summary)| (bad, None, summary));
-            (Content::Raw, result)
+            .map(|(bad, summary)| (bad, None, summary))
         }
         Plan::Files { mount } => {
             let root = mount.path().to_path_buf();
             let mut rate = source::RateLimit::new(args.rate_limit);
-            let result = stream::run(settings, Content::Tar, output, |sink| {
+            stream::run(settings, Content::Tar, output, |sink| {
                 let limited = RateLimited {
                     inner: sink,
                     rate: &mut rate,
                 };
                 files::archive(&root, limited, &cancellation, &progress)
             })
-            .map(|(walk, summary)| (Vec::new(), Some(walk), summary));
-            (Content::Tar, result)
+            .map(|(walk, summary)| (Vec::new(), Some(walk), summary))
         }
     };
     progress.finish_and_clear();
@@ -492,7 +488,6 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
         .with("bytes_out", summary.bytes_out)
         .with("sha256", hex::encode(summary.sha256))
         .with("seconds", started.elapsed().as_secs_f64());
-    let _ = content;
     if let Some(walk) = walk {
         event = event.with("entries", walk.entries);
         if !walk.skipped.is_empty() {
