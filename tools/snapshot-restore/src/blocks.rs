@@ -380,13 +380,21 @@ pub async fn run(
                 blocklist::write(out, parent, &args.snapshot_id, &listing, stream).await
             }
             (None, None) => write_image_stream(&listing, stream).await,
-            (None, Some(path)) => write_image_file(path, &listing, stream).await,
+            (None, Some(path)) => write_image_file(path, &listing, stream, cancellation).await,
         }
     };
-    let outcome = tokio::select! {
-        outcome = work => outcome?,
-        _ = cancellation.token().cancelled() => {
-            return Err(cancellation.failure("the output is incomplete"));
+    // An image file watches the signal itself (it must remove its temporary file first).
+    let outcome = if args.changed_since.is_none() && args.output.is_some() {
+        work.await?
+    } else {
+        tokio::select! {
+            outcome = work => outcome?,
+            _ = cancellation.token().cancelled() => {
+                if let Some(list) = &args.output {
+                    let _ = std::fs::remove_file(list);
+                }
+                return Err(cancellation.failure("the output is incomplete"));
+            }
         }
     };
     if !outcome.reader_stayed {
@@ -501,6 +509,7 @@ async fn write_image_file(
     path: &Path,
     listing: &Listing,
     stream: impl futures::Stream<Item = Result<(u64, Bytes), Failure>>,
+    cancellation: &Cancellation,
 ) -> Result<Outcome, Failure> {
     let size = listing.volume_size_gib * GIB;
     let is_device = std::fs::metadata(path)
@@ -543,7 +552,11 @@ async fn write_image_file(
         })?;
     }
     let file = Arc::new(file);
-    let result = write_blocks_at(&file, listing, stream, is_device).await;
+    // A signal must still remove the temporary file, so it is watched here, not by the caller.
+    let result = tokio::select! {
+        result = write_blocks_at(&file, listing, stream, is_device) => result,
+        _ = cancellation.token().cancelled() => Err(cancellation.failure(&format!("{} was not written", path.display()))),
+    };
     let result = result.and_then(|bytes| {
         file.sync_all().map_err(|err| {
             Failure::new(

@@ -78,8 +78,8 @@ pub fn man_extras() -> ManExtras {
                 "set -o pipefail\nsnapshot-restore volume --snapshot-id snap-0abc --az us-east-1a \\\n  | ebs-attach --cleanup-on-exit \\\n  | blockdump --from-event --mode auto \\\n  | s3-put-multipart s3://exports/ebs/snap-0abc.tar.zst",
             ),
             (
-                "No volume at all: the snapshot's raw image through the EBS direct APIs:",
-                "snapshot-restore blocks --snapshot-id snap-0abc | s3-put-multipart s3://exports/ebs/snap-0abc.img",
+                "No volume at all: the snapshot's raw image through the EBS direct APIs. Run as s3-put-multipart's producer, a failed block check (exit 5) midway aborts the upload instead of storing a truncated image:",
+                "s3-put-multipart s3://exports/ebs/snap-0abc.img -- snapshot-restore blocks --snapshot-id snap-0abc",
             ),
             (
                 "An incremental export, applied later over the parent's image:",

@@ -351,3 +351,41 @@ fn throttling_and_server_errors_slow_it_down_but_do_not_fail_it() {
         stats["errors_500"].as_u64().unwrap_or(0) + stats["errors_503"].as_u64().unwrap_or(0);
     assert!(faults > 0, "the proxy injected errors: {stats}");
 }
+
+#[test]
+fn sigterm_leaves_no_partial_image() {
+    let blocks = sample();
+    let id = snapshot(&blocks, None);
+    // Every request held back 3 s, so the signal arrives mid-way.
+    let proxy = moto::MotoFaultProxy::start(&["--slow-rate", "1", "--slow-seconds", "3"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("image");
+    let child = moto::std_tool("snapshot-restore")
+        .args([
+            "blocks",
+            "--snapshot-id",
+            &id,
+            "--endpoint-url",
+            &proxy.url,
+            "--output",
+        ])
+        .arg(&image)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(4000));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("terminated by SIGTERM"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("ls").count(),
+        0,
+        "no partial image left"
+    );
+}
