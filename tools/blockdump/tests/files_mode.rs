@@ -174,6 +174,38 @@ fn image_file_in_auto_mode_uses_files_and_zstd_d_gives_a_tar() {
     );
     // No loop device is left behind.
     assert!(loops_of(&image).is_empty(), "loop device left behind");
+
+    // Uncompressed: the output is the bare tar archive, and restore recognises it as one.
+    let out = blockdump()
+        .args(["--compress", "none"])
+        .arg(&image)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(&out.stdout[257..262], b"ustar");
+    let sha = event(&out.stderr)["sha256"].clone();
+    assert_eq!(sha256_hex(&out.stdout), sha.as_str().expect("sha"));
+    let restored = tmp.path().join("plain");
+    let done = blockdump()
+        .arg("restore")
+        .arg(&restored)
+        .write_stdin(out.stdout)
+        .output()
+        .expect("run");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let ev = event(&done.stderr);
+    assert_eq!(ev["mode"], "files");
+    assert_eq!(ev["compression"], "none");
+    assert_eq!(ev["sha256"], sha);
+    assert!(restored.join("etc/conf.d/app.conf").is_file());
 }
 
 #[test]
