@@ -39,6 +39,9 @@ use crate::upload::{
 /// S3 allows 10,000 parts; an object is finished one part before, whatever its size.
 const MAX_PARTS: i32 = 9_999;
 
+/// Rendered bytes collected per object before they are compressed.
+const BATCH: usize = 64 << 10;
+
 /// How often idle objects, signals and spool syncs are looked at when no input arrives.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -185,6 +188,9 @@ struct Object {
     slot: Slot,
     compression: Compression,
     encoder: Encoder,
+    /// Rendered lines not yet given to the encoder: compressing 64 KiB at a time instead of a
+    /// line at a time is several times faster, with many objects open at once above all.
+    batch: Vec<u8>,
     parts: i32,
     sent: u64,
     size: u64,
@@ -216,6 +222,7 @@ pub struct Flags {
 #[derive(Debug, Default)]
 struct KeyCache {
     seconds: Option<(i64, i64)>,
+    buffer: Vec<u8>,
     object_key: String,
     timestamp: String,
 }
@@ -541,13 +548,20 @@ impl Processor {
         if per_second && self.cache.seconds == Some(seconds) {
             return;
         }
-        self.cache.object_key = self.cfg.object_key.render_string(message, times);
-        self.cache.timestamp = self
-            .cfg
-            .timestamp
-            .as_ref()
-            .map(|t| t.render_string(message, times))
-            .unwrap_or_default();
+        // Rendered into a reused buffer, and a new String made only when the text changed.
+        let buffer = &mut self.cache.buffer;
+        buffer.clear();
+        self.cfg.object_key.render(message, times, buffer);
+        if buffer.as_slice() != self.cache.object_key.as_bytes() {
+            self.cache.object_key = String::from_utf8_lossy(buffer).into_owned();
+        }
+        if let Some(timestamp) = &self.cfg.timestamp {
+            buffer.clear();
+            timestamp.render(message, times, buffer);
+            if buffer.as_slice() != self.cache.timestamp.as_bytes() {
+                self.cache.timestamp = String::from_utf8_lossy(buffer).into_owned();
+            }
+        }
         self.cache.seconds = per_second.then_some(seconds);
     }
 
@@ -650,6 +664,7 @@ impl Processor {
                 slot,
                 compression,
                 encoder: Encoder::new(compression, level)?,
+                batch: Vec::new(),
                 parts: 0,
                 sent: 0,
                 size: 0,
@@ -684,7 +699,11 @@ impl Processor {
         if let (Some(file), Some(_)) = (&mut object.spool, time) {
             file.push(bytes);
         }
-        object.encoder.write(bytes)?;
+        object.batch.extend_from_slice(bytes);
+        if object.batch.len() >= BATCH {
+            object.encoder.write(&object.batch)?;
+            object.batch.clear();
+        }
         object.size += bytes.len() as u64;
         object.lines += lines;
         object.malformed += u64::from(malformed);
@@ -698,7 +717,10 @@ impl Processor {
             self.cut_part(id)?;
         }
         let object = &mut self.objects.get_mut(&id).expect("still open");
-        let stored = object.sent + object.encoder.output().len() as u64;
+        let mut stored = object.sent + object.encoder.output().len() as u64;
+        if object.compression == Compression::None {
+            stored += object.batch.len() as u64;
+        }
         if stored >= self.cfg.max_object_size {
             self.finish(id, "size")?;
         } else if object.parts >= MAX_PARTS {
@@ -714,6 +736,10 @@ impl Processor {
             // The lines must be in the spool before S3 holds any of them.
             let written = file.flush()?;
             self.ctx.spool_bytes.fetch_add(written, Ordering::SeqCst);
+        }
+        if !object.batch.is_empty() {
+            object.encoder.write(&object.batch)?;
+            object.batch.clear();
         }
         let data = std::mem::take(object.encoder.output());
         object.sha256.update(&data);
@@ -755,6 +781,8 @@ impl Processor {
             self.ctx.spool_bytes.fetch_add(written, Ordering::SeqCst);
             spool_bytes = file.bytes;
         }
+        object.encoder.write(&object.batch)?;
+        object.batch = Vec::new();
         let data = object.encoder.finish()?;
         object.sha256.update(&data);
         let summary = Summary {
