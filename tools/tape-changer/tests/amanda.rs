@@ -26,7 +26,7 @@ struct Amanda {
 }
 
 impl Amanda {
-    fn new(set: &Set) -> Amanda {
+    fn new() -> Amanda {
         let endpoint = harness::endpoint();
         let host_port = endpoint
             .strip_prefix("http://")
@@ -51,10 +51,12 @@ impl Amanda {
             .expect("gcc must be installed to build the libcurl shim");
         assert!(built.success(), "building {} failed", source.display());
 
+        // One configuration per test, named uniquely within this run.
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let name = format!(
             "tctest{}x{}",
             std::process::id(),
-            set.bucket.len() + set.bucket.bytes().map(u32::from).sum::<u32>() as usize
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         );
         let conf_dir = PathBuf::from("/etc/amanda").join(&name);
         std::fs::create_dir_all(&conf_dir)
@@ -207,7 +209,7 @@ fn amdevcheck_reads_our_label() {
         .args(["label", "--slot", "1", "DailySet1-01"])
         .assert()
         .success();
-    let amanda = Amanda::new(&set);
+    let amanda = Amanda::new();
     assert_eq!(amanda.amdevcheck_label(&device(&set, 1)), "DailySet1-01");
     // An empty slot: Amanda and we say the same.
     let out = amanda.run(
@@ -230,7 +232,7 @@ fn amrestore_reads_back_files_we_wrote() {
     set.write(&second, "/etc");
     // Our manifests are there, beside Amanda's objects...
     assert!(set.keys().contains(&set.key(1, "f00000002-manifest.json")));
-    let amanda = Amanda::new(&set);
+    let amanda = Amanda::new();
     // ...and Amanda reads the tape as its own: label, both files byte for byte.
     assert_eq!(amanda.amdevcheck_label(&device(&set, 1)), "DailySet1-01");
     let back = amanda.amrestore(&device(&set, 1), 2);
@@ -243,7 +245,7 @@ fn amrestore_reads_back_files_we_wrote() {
 #[test]
 fn we_read_tapes_amanda_wrote_and_append_to_them() {
     let set = Set::new("amwrote", "", "");
-    let amanda = Amanda::new(&set);
+    let amanda = Amanda::new();
     let data = random_bytes(3_500_000, 31);
     amanda.write_tape(&device(&set, 2), "DailySet1-02", &data);
     assert_eq!(amanda.amdevcheck_label(&device(&set, 2)), "DailySet1-02");
