@@ -434,10 +434,14 @@ fn bad_input_gets_one_line_and_changes_nothing() {
     );
 }
 
-#[test]
-fn sigterm_during_a_write_leaves_no_blocks() {
+/// Starts a slow write, waits until a block is stored, sends `signal`; returns the exit status
+/// and the keys left in the bucket.
+fn interrupt_a_write(
+    label: &str,
+    signal: nix::sys::signal::Signal,
+) -> (Option<i32>, Vec<String>, Set) {
     let set = Set::new(
-        "sigterm",
+        label,
         "",
         "MAX_SEND_SPEED = \"256KiB\"\nNB_THREADS_BACKUP = 1",
     );
@@ -455,24 +459,30 @@ fn sigterm_during_a_write_leaves_no_blocks() {
         use std::io::Write;
         let _ = stdin.write_all(&random_bytes(8 << 20, 9));
     });
-    // Wait until some blocks are stored, then stop it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !set.keys().iter().any(|k| k.ends_with(".data")) {
         assert!(std::time::Instant::now() < deadline, "no block was written");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("kill");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
     let out = child.wait_with_output().expect("wait");
     drop(feeder);
-    assert_eq!(
-        out.status.code(),
-        Some(143),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(set.keys(), vec![set.key(1, "special-tapestart")]);
+    let keys = set.keys();
+    (out.status.code(), keys, set)
+}
+
+#[test]
+fn sigterm_during_a_write_leaves_no_blocks() {
+    let (code, keys, set) = interrupt_a_write("sigterm", nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(143));
+    assert_eq!(keys, vec![set.key(1, "special-tapestart")]);
+}
+
+#[test]
+fn sigint_during_a_write_leaves_no_blocks() {
+    let (code, keys, set) = interrupt_a_write("sigint", nix::sys::signal::Signal::SIGINT);
+    assert_eq!(code, Some(130));
+    assert_eq!(keys, vec![set.key(1, "special-tapestart")]);
+    // The tape is usable: the next write is file 1.
+    assert_eq!(set.write(b"after", "/x")["file"], 1);
 }
