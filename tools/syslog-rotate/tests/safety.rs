@@ -217,3 +217,24 @@ fn ten_percent_faults_lose_nothing() {
     }
     assert_eq!(open_uploads(&bucket), 0);
 }
+
+#[test]
+fn a_full_spool_finishes_objects_early_and_loses_nothing() {
+    let bucket = new_bucket("spoolfull");
+    let spool = tempfile::tempdir().expect("tempdir");
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let mut args = base_args(&bucket, "f");
+    args.extend(["--spool-dir", &spool_dir, "--spool-max-size", "512KiB"]);
+    let input = noisy_lines(5, 0, 30_000); // about 3.3 MiB
+    let (status, events, stderr) = run(&args, &input);
+    assert!(status.success(), "{stderr}");
+    let stored = stored(&events);
+    assert!(
+        stored.iter().filter(|e| e["reason"] == "spool-full").count() >= 3,
+        "{events:?}"
+    );
+    let counts = line_counts(&bucket);
+    assert_eq!(counts.len(), 30_000);
+    assert!(counts.values().all(|n| *n == 1));
+    assert_eq!(spool_data_bytes(spool.path()), 0);
+}
