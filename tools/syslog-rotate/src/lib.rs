@@ -130,6 +130,10 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub max_object_age: Option<Duration>,
 
+    /// Objects open at once (each holds up to --chunk-size in memory); past it the longest idle one is finished. 0: no limit
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_open_objects: usize,
+
     /// Lines longer than this are cut into pieces of this size (kept, and counted)
     #[arg(long, default_value = "64KiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_line_length: u64,
@@ -238,7 +242,7 @@ pub fn man_extras() -> ManExtras {
             "TEMPLATES. Literal text with ${MACRO}, $MACRO and ${.json.field}; \\n, \\t and $$ are a newline, a tab and a dollar. Fields: HOST, PROGRAM, PID, MESSAGE (MSG), MSGHDR (PROGRAM[PID]: ), MSGID, RAWMSG (the whole input line), FACILITY, FACILITY_NUM, SEVERITY (LEVEL, PRIORITY), SEVERITY_NUM, PRI. Dates (in UTC): ISODATE, STAMP, DATE, FULLDATE, UNIXTIME, YEAR, MONTH, MONTH_ABBREV, MONTH_NAME, DAY, HOUR, MIN, SEC, MSEC, USEC, WEEKDAY, WEEK_DAY_NAME, WEEK_DAY, WEEK, YEAR_DAY, TZOFFSET. A bare date macro and its S_ form use the message's own time (the time it was read when the line carries none); the R_ form uses the time it was read. An unknown macro is a usage error.",
             "ROTATION. A new object is started when the stored (compressed) size reaches --max-object-size; when a line's rendered --object-key-timestamp differs from its object's and its message time is later (an older time never reopens a finished object: it goes to a backfill object whose key gets the next index); after --flush-grace-period without lines; after --max-object-age; on SIGHUP; and at EOF, SIGTERM and SIGINT, after which the tool exits 0 once everything is stored. An object may exceed --max-object-size by the data the compressor holds back (tens of KiB) and one line.",
             "KEYS. KEY is the rendered object key and timestamp; objects are stored as KEY+SUFFIX, then KEY-1+SUFFIX, KEY-2+SUFFIX..., where SUFFIX is --object-key-suffix plus .gz or .zst. A new object takes one past the highest index among the existing objects, the multipart uploads in progress and the keys reserved by this process and its spool, so neither a restart nor a second instance overwrites an object. (Two instances starting the same key in the same instance of time can still race, on servers such as Garage that ignore If-None-Match.)",
-            "EVENTS. Each stored object prints {\"event\":\"object_stored\",\"tool\":\"syslog-rotate\",\"time\":...,\"url\",\"bucket\",\"key\",\"size\" (bytes before compression),\"compressed_size\" (bytes stored),\"compression\",\"lines\",\"malformed_lines\",\"first_message_time\",\"last_message_time\",\"sha256\" (of the stored bytes),\"etag\",\"parts\",\"reason\" (size, timestamp, grace, age, hup, eof, signal, spool-full, parts, recovered, input-error)}. At the end, {\"event\":\"summary\",...} counts lines, bytes, objects, long_lines, invalid_utf8, unparsed and recovered.",
+            "EVENTS. Each stored object prints {\"event\":\"object_stored\",\"tool\":\"syslog-rotate\",\"time\":...,\"url\",\"bucket\",\"key\",\"size\" (bytes before compression),\"compressed_size\" (bytes stored),\"compression\",\"lines\",\"malformed_lines\",\"first_message_time\",\"last_message_time\",\"sha256\" (of the stored bytes),\"etag\",\"parts\",\"reason\" (size, timestamp, grace, age, hup, eof, signal, spool-full, open-limit, parts, recovered, input-error)}. At the end, {\"event\":\"summary\",...} counts lines, bytes, objects, long_lines, invalid_utf8, unparsed and recovered.",
             "CRASHES. Without --spool-dir a crash loses the lines of the objects not yet finished. With --spool-dir, every rendered line is written to DIR/ID.data, and the object's key to DIR/ID.meta, before any part holding it goes to S3; both are removed once the object is stored. A restart with the same spool stores each leftover entry exactly once under its reserved key (aborting any multipart upload left on it, or just removing the entry if the object was stored before the crash), then reads stdin. Lines read but not yet written to the spool (at most one 256 KiB buffer) are lost on kill -9. Receive-time macros of recovered lines keep the values they were rendered with.",
         ],
         exit_notes: vec![
@@ -313,6 +317,7 @@ fn build_config(args: &Args) -> Result<Config, Failure> {
         grace: args.flush_grace_period,
         max_age: args.max_object_age,
         max_line: args.max_line_length.min(usize::MAX as u64) as usize,
+        max_open: args.max_open_objects,
     })
 }
 

@@ -160,6 +160,8 @@ pub struct Config {
     pub grace: Duration,
     pub max_age: Option<Duration>,
     pub max_line: usize,
+    /// Objects open at once; 0 for no limit.
+    pub max_open: usize,
 }
 
 /// Counters for the summary event.
@@ -598,6 +600,18 @@ impl Processor {
     }
 
     fn open(&mut self, slot: Slot) -> Result<u64, Failure> {
+        if self.cfg.max_open > 0 && self.objects.len() >= self.cfg.max_open {
+            // Each open object holds up to a part in memory: make room by finishing the one
+            // that has waited longest for a line.
+            let idle = self
+                .objects
+                .iter()
+                .min_by_key(|(_, o)| o.last_write)
+                .map(|(id, _)| *id);
+            if let Some(id) = idle {
+                self.finish(id, "open-limit")?;
+            }
+        }
         let object_key = self.cache.object_key.clone();
         let timestamp = self.cache.timestamp.clone();
         let base = format!("{object_key}{timestamp}");

@@ -271,3 +271,25 @@ fn max_object_age_finishes_an_object_that_keeps_receiving() {
     let expected: String = (0..15).map(|n| format!("{n}\n")).collect();
     assert_eq!(String::from_utf8(joined).unwrap(), expected);
 }
+
+#[test]
+fn max_open_objects_finishes_the_longest_idle_one() {
+    let bucket = new_bucket("openlimit");
+    let mut args = base_args(&bucket, "${PROGRAM}");
+    args.extend(["--input-format", "rfc3164", "--max-open-objects", "2"]);
+    let input = b"Mar  1 10:00:00 h a: 1\nMar  1 10:00:00 h b: 2\nMar  1 10:00:00 h c: 3\nMar  1 10:00:00 h b: 4\nMar  1 10:00:00 h a: 5\n";
+    let (status, events, stderr) = run(&args, input);
+    assert!(status.success(), "{stderr}");
+    // c opens while a and b are open: a (idle longest) is finished; a again finishes c.
+    assert_eq!(keys(&bucket), ["a-1.log", "a.log", "b.log", "c.log"]);
+    assert_eq!(decoded(&bucket, "a.log"), b"1\n");
+    assert_eq!(decoded(&bucket, "b.log"), b"2\n4\n");
+    assert_eq!(decoded(&bucket, "c.log"), b"3\n");
+    assert_eq!(decoded(&bucket, "a-1.log"), b"5\n");
+    let limited: Vec<_> = stored(&events)
+        .into_iter()
+        .filter(|e| e["reason"] == "open-limit")
+        .map(|e| e["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(limited.len(), 2, "{events:?}");
+}

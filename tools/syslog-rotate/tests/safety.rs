@@ -230,7 +230,11 @@ fn a_full_spool_finishes_objects_early_and_loses_nothing() {
     assert!(status.success(), "{stderr}");
     let stored = stored(&events);
     assert!(
-        stored.iter().filter(|e| e["reason"] == "spool-full").count() >= 3,
+        stored
+            .iter()
+            .filter(|e| e["reason"] == "spool-full")
+            .count()
+            >= 3,
         "{events:?}"
     );
     let counts = line_counts(&bucket);
