@@ -97,7 +97,7 @@ pub struct DumpArgs {
     pub source: Option<PathBuf>,
 
     /// Read the source device from the first JSON event on stdin that has a "device" field (as
-    /// ebs-attach prints); stdin is not read further
+    /// ebs-attach prints; waits up to 30s for the device to appear); stdin is not read further
     #[arg(long, conflicts_with = "source")]
     pub from_event: bool,
 
@@ -317,6 +317,9 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
             "stdout is a terminal: pipe blockdump into a file or the next stage",
         ));
     }
+    if args.from_event {
+        wait_for_device(&path, &cancellation)?;
+    }
     let mut src = source::open(&path)?;
     if src.kind == source::Kind::Stdin && args.mode == Mode::Files {
         return Err(Failure::usage(
@@ -506,6 +509,28 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
     events
         .emit(&event)
         .map_err(|err| Failure::new(ExitCode::Failure, format!("cannot write the event: {err}")))?;
+    Ok(())
+}
+
+/// How long `--from-event` waits for the device node to appear: the event can come before udev
+/// has made it (a volume just attached).
+const DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn wait_for_device(path: &Path, cancellation: &Cancellation) -> Result<(), Failure> {
+    let deadline = Instant::now() + DEVICE_WAIT;
+    while !path.exists() {
+        if cancellation.is_cancelled() {
+            return Err(cancellation.failure("no dump was made"));
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::input(format!(
+                "--from-event: {} did not appear within {}s",
+                path.display(),
+                DEVICE_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     Ok(())
 }
 

@@ -324,6 +324,16 @@ fn closed(failed: &Arc<Mutex<Option<io::Error>>>) -> io::Error {
 
 impl ChunkSink {
     fn send(&mut self, payload: Payload) -> io::Result<()> {
+        // A stage that failed (a worker, the writer) stops the source at once, rather than
+        // letting the writer hold every later chunk while it waits for the missing one.
+        if self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Err(closed(&self.failed));
+        }
         let for_hash = match &payload {
             Payload::Data(data) => Payload::Data(Arc::clone(data)),
             Payload::Zero(n) => Payload::Zero(*n),

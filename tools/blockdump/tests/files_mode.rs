@@ -124,6 +124,44 @@ fn files_roundtrip(mkfs: &str, args: &[&str], size: u64, ro_options: &str, fs_na
     assert!(child.wait().expect("tar").success());
     let tar_tree = snapshot(&by_tar);
     assert_eq!(tar_tree, expected);
+
+    // Raw mode of the same file system: the image comes back byte for byte, sparse, and mounts
+    // with the same tree.
+    let out = blockdump()
+        .args(["--mode", "raw"])
+        .arg(&image)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = event(&out.stderr);
+    assert_eq!(raw["mode"], "raw");
+    assert_eq!(raw["fs_type"], fs_name);
+    assert_eq!(raw["sha256"], before.as_str());
+    let copy = tmp.path().join("copy.img");
+    let done = blockdump()
+        .arg("restore")
+        .arg(&copy)
+        .write_stdin(out.stdout)
+        .output()
+        .expect("run");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(sha256_file(&copy), before);
+    assert!(
+        allocated(&copy) < size / 2,
+        "the restored image is not sparse"
+    );
+    assert_eq!(
+        tree_of(&copy, &tmp.path().join("copy"), ro_options),
+        expected
+    );
 }
 
 #[test]
