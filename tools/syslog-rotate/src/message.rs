@@ -371,7 +371,7 @@ mod tests {
         micros(Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap())
     }
 
-    fn text(field: &Cow<'_, [u8]>) -> String {
+    fn text(field: &[u8]) -> String {
         String::from_utf8_lossy(field).into_owned()
     }
 

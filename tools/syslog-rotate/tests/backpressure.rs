@@ -2,6 +2,8 @@
 //! memory stays flat; after SIGCONT everything is stored. Its own test binary, so that pausing
 //! the shared server cannot stall other tests.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;

@@ -1,6 +1,8 @@
 //! Templates and macros for the three input formats, malformed input counted and kept, and the
 //! one-line errors for bad command lines and missing buckets.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -66,7 +68,7 @@ fn plain_lines_use_the_receive_time() {
     assert!(status.success(), "{stderr}");
     let year = chrono_year();
     let key = format!("p/{year}/{year}.log");
-    assert_eq!(keys(&bucket), [key.clone()]);
+    assert_eq!(keys(&bucket), vec![key.clone()]);
     assert_eq!(decoded(&bucket, &key), b"a\nb\nno newline at the end\n");
     assert_eq!(stored(&events)[0]["lines"], 3);
 }

@@ -1,6 +1,8 @@
 //! Rotation with exact keys: by size, by timestamp (an older message after a newer one), by the
 //! grace period, by SIGHUP, at SIGTERM; the index never reusing a key; one stream per object.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

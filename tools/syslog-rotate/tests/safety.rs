@@ -1,6 +1,8 @@
 //! Losing nothing: kill -9 with a spool and a restart store every line exactly once and leave no
 //! upload behind; a 10% fault rate between the tool and S3 loses nothing.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;
