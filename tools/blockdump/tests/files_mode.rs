@@ -127,32 +127,12 @@ fn files_roundtrip(mkfs: &str, args: &[&str], size: u64, ro_options: &str, fs_na
 
     // Raw mode of the same file system: the image comes back byte for byte, sparse, and mounts
     // with the same tree.
-    let out = blockdump()
-        .args(["--mode", "raw"])
-        .arg(&image)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let raw = event(&out.stderr);
+    let (stream, raw) = dump_ok([Path::new("--mode"), Path::new("raw"), &image]);
     assert_eq!(raw["mode"], "raw");
     assert_eq!(raw["fs_type"], fs_name);
     assert_eq!(raw["sha256"], before.as_str());
     let copy = tmp.path().join("copy.img");
-    let done = blockdump()
-        .arg("restore")
-        .arg(&copy)
-        .write_stdin(out.stdout)
-        .output()
-        .expect("run");
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    restore_ok(&[], &copy, stream);
     assert_eq!(sha256_file(&copy), before);
     assert!(
         allocated(&copy) < size / 2,
@@ -228,18 +208,7 @@ fn image_file_in_auto_mode_uses_files_and_zstd_d_gives_a_tar() {
     let sha = event(&out.stderr)["sha256"].clone();
     assert_eq!(sha256_hex(&out.stdout), sha.as_str().expect("sha"));
     let restored = tmp.path().join("plain");
-    let done = blockdump()
-        .arg("restore")
-        .arg(&restored)
-        .write_stdin(out.stdout)
-        .output()
-        .expect("run");
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    let ev = event(&done.stderr);
+    let ev = restore_ok(&[], &restored, out.stdout);
     assert_eq!(ev["mode"], "files");
     assert_eq!(ev["compression"], "none");
     assert_eq!(ev["sha256"], sha);

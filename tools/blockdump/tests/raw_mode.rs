@@ -160,19 +160,8 @@ fn raw_from_a_loop_device_and_back_onto_one() {
         })
         .expect("target");
     let target = LoopDev::new(&target_image);
-    let out = blockdump()
-        .args(["restore", "--expect-from"])
-        .arg(&events)
-        .arg(target.as_str())
-        .write_stdin(out.stdout.clone())
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ev = event(&out.stderr);
+    let expect_from = ["--expect-from", events.to_str().expect("path")];
+    let ev = restore_ok(&expect_from, &target.path, out.stdout);
     assert_eq!(ev["target_kind"], "device");
     drop(target);
     // Every byte written, including zeros over the old data.

@@ -288,3 +288,38 @@ pub fn loops_of(image: &Path) -> Vec<String> {
         .filter_map(|l| l.split(':').next().map(str::to_string))
         .collect()
 }
+
+/// Asserts that a run succeeded, showing its stderr when it did not.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `blockdump ARGS` (events on stderr), asserts success; returns stdout and the final event.
+pub fn dump_ok<I, S>(args: I) -> (Vec<u8>, serde_json::Value)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = blockdump().args(args).output().expect("run blockdump");
+    assert_ok(&out);
+    let ev = event(&out.stderr);
+    (out.stdout, ev)
+}
+
+/// Runs `blockdump restore ARGS TARGET` with `stream` on stdin, asserts success; returns the event.
+pub fn restore_ok(args: &[&str], target: &Path, stream: Vec<u8>) -> serde_json::Value {
+    let out = blockdump()
+        .arg("restore")
+        .args(args)
+        .arg(target)
+        .write_stdin(stream)
+        .output()
+        .expect("run blockdump restore");
+    assert_ok(&out);
+    event(&out.stderr)
+}
