@@ -244,3 +244,41 @@ fn a_full_spool_finishes_objects_early_and_loses_nothing() {
     assert!(counts.values().all(|n| *n == 1));
     assert_eq!(spool_data_bytes(spool.path()), 0);
 }
+
+#[test]
+fn a_permanent_error_exits_non_zero_and_keeps_the_spool_for_the_next_run() {
+    let bucket = new_bucket("permanent");
+    let spool = tempfile::tempdir().expect("tempdir");
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let mut args = base_args(&bucket, "p");
+    args.extend(["--spool-dir", &spool_dir]);
+    // Crash with lines in the spool.
+    let mut running = Running::start(&args);
+    let input = numbered_lines(0, 100, 50);
+    running.write(&input);
+    wait_for("the spool", Duration::from_secs(10), || {
+        spool_data_bytes(spool.path()) == input.len() as u64
+    });
+    running.signal(Signal::SIGKILL);
+    let _ = running.child.wait();
+
+    // Wrong credentials: access denied, exit 4, one line, and the spool untouched.
+    let output = std::process::Command::new(harness::bin(TOOL))
+        .args(&args)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("syslog-rotate: "), "{stderr}");
+    assert_eq!(spool_data_bytes(spool.path()), input.len() as u64);
+    assert!(keys(&bucket).is_empty());
+
+    // The next good run stores it.
+    let (status, events, stderr) = run(&args, b"");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stored(&events)[0]["reason"], "recovered");
+    assert_eq!(decoded(&bucket, "p.log"), input);
+}
