@@ -282,3 +282,36 @@ fn a_permanent_error_exits_non_zero_and_keeps_the_spool_for_the_next_run() {
     assert_eq!(stored(&events)[0]["reason"], "recovered");
     assert_eq!(decoded(&bucket, "p.log"), input);
 }
+
+#[test]
+fn recovery_never_overwrites_an_object_another_writer_put_at_the_reserved_key() {
+    let bucket = new_bucket("taken");
+    let spool = tempfile::tempdir().expect("tempdir");
+    let spool_dir = spool.path().to_str().unwrap().to_string();
+    let mut args = base_args(&bucket, "t");
+    args.extend(["--spool-dir", &spool_dir]);
+    let mut running = Running::start(&args);
+    let input = numbered_lines(0, 20, 40);
+    running.write(&input);
+    wait_for("the spool", Duration::from_secs(10), || {
+        spool_data_bytes(spool.path()) == input.len() as u64
+    });
+    running.signal(Signal::SIGKILL);
+    let _ = running.child.wait();
+    // Someone else stores an object at the key the spool had reserved.
+    block_on(
+        client()
+            .put_object()
+            .bucket(&bucket)
+            .key("t.log")
+            .body(b"someone else's\n".to_vec().into())
+            .send(),
+    )
+    .expect("put");
+    let (status, events, stderr) = run(&args, b"");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stored(&events)[0]["key"], "t-1.log");
+    assert_eq!(decoded(&bucket, "t.log"), b"someone else's\n");
+    assert_eq!(decoded(&bucket, "t-1.log"), input);
+    assert_eq!(spool_data_bytes(spool.path()), 0);
+}
