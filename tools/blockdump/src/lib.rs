@@ -125,7 +125,8 @@ pub struct DumpArgs {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub rate_limit: Option<u64>,
 
-    /// Turn unreadable sectors into zeros and list them in the final event, instead of failing
+    /// Raw mode: turn unreadable sectors into zeros and list them in the final event, instead of
+    /// failing (in files mode a read error always fails the dump)
     #[arg(long)]
     pub continue_on_error: bool,
 
