@@ -232,12 +232,36 @@ pub fn main() -> ! {
 pub async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
     let quiet = args.log.quiet > 0;
     let work_cancel = cancellation.clone();
-    let result = tokio::task::spawn_blocking(move || match args.command {
-        Some(Commands::Restore(restore)) => run_restore(restore, quiet, work_cancel),
-        None => dump(args.dump, quiet, work_cancel),
-    })
-    .await
-    .map_err(|err| Failure::new(ExitCode::Failure, format!("the work thread failed: {err}")))?;
+    // A plain thread rather than spawn_blocking: the runtime waits for its blocking tasks when
+    // it is dropped, and a task blocked reading a stalled stdin would then never let the process
+    // exit after a signal.
+    let (done, mut work) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("blockdump-work".into())
+        .spawn(move || {
+            let result = match args.command {
+                Some(Commands::Restore(restore)) => run_restore(restore, quiet, work_cancel),
+                None => dump(args.dump, quiet, work_cancel),
+            };
+            let _ = done.send(result);
+        })
+        .map_err(|err| Failure::new(ExitCode::Failure, format!("cannot start a thread: {err}")))?;
+    // The work checks the cancellation between chunks, but it may be blocked in a read of a
+    // stalled stdin or a write to a stalled stdout; after a grace period for cleaning up
+    // (unmounting, removing a partial image), exit anyway.
+    let joined = tokio::select! {
+        joined = &mut work => joined,
+        () = cancellation.token().cancelled() => {
+            match tokio::time::timeout(CANCEL_GRACE, &mut work).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    restore::remove_partial_files();
+                    return Err(cancellation.failure("the output is incomplete"));
+                }
+            }
+        }
+    };
+    let result = joined.map_err(|_| Failure::new(ExitCode::Failure, "the work thread failed"))?;
     match result {
         Err(_) if cancellation.is_cancelled() => {
             Err(cancellation.failure("the output is incomplete"))
@@ -245,6 +269,9 @@ pub async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> 
         other => other,
     }
 }
+
+/// How long a signalled run waits for its work to stop by itself.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn events_sink(path: Option<&Path>) -> Result<EventSink, Failure> {
     EventSink::from_option(path, EventSink::stderr).map_err(|err| {

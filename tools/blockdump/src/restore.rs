@@ -114,6 +114,20 @@ pub fn detect_content(first: &[u8]) -> Content {
     }
 }
 
+/// Temporary images being written, for [`remove_partial_files`].
+fn partial_files() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    static FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes the temporary image of a restore that is stuck (blocked reading a stalled stdin)
+/// when the process has to exit without it.
+pub fn remove_partial_files() {
+    for path in partial_files().drain(..) {
+        let _ = fs::remove_file(path);
+    }
+}
+
 /// Options of a restore.
 #[derive(Debug)]
 pub struct Plan {
@@ -257,7 +271,10 @@ pub fn restore(plan: Plan, cancellation: Cancellation) -> Result<(), Failure> {
                     )
                 })?;
             let file = temp.reopen()?;
-            write_raw(&first, &mut decoded, file, true, None, codec)?;
+            partial_files().push(temp.path().to_path_buf());
+            let written = write_raw(&first, &mut decoded, file, true, None, codec);
+            partial_files().retain(|p| p != temp.path());
+            written?;
             temp_image = Some(temp);
         }
     }

@@ -480,3 +480,49 @@ fn flate2_free_gunzip(data: &[u8]) -> std::io::Cursor<Vec<u8>> {
     assert!(out.status.success());
     std::io::Cursor::new(out.stdout)
 }
+
+#[test]
+fn sigint_during_a_stalled_restore_exits_130_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let image = sample_image(tmp.path());
+    let (stream, _) = dump_ok([Path::new("--mode"), Path::new("raw"), &image]);
+    let target = tmp.path().join("target.img");
+    let mut child = Command::new(harness::bin("blockdump"))
+        .arg("restore")
+        .arg(&target)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Half the stream, then nothing: the upstream has stalled, stdin stays open.
+    stdin.write_all(&stream[..stream.len() / 2]).expect("write");
+    stdin.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("kill");
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    drop(stdin);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("blockdump: interrupted by SIGINT"),
+        "{err}"
+    );
+    assert!(!target.exists());
+    let leftovers: Vec<_> = fs::read_dir(tmp.path())
+        .expect("readdir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".blockdump-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
