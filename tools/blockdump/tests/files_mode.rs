@@ -332,20 +332,11 @@ fn sigterm_mid_dump_unmounts_and_exits_143() {
     );
     let ours = blockdump_mounts_of(&loops[0]);
     assert_eq!(ours.len(), 1, "the dump should be under way");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+    signal_and_expect(
+        child,
         nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("kill");
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(143));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.lines()
-            .last()
-            .unwrap_or("")
-            .starts_with("blockdump: terminated by SIGTERM"),
-        "{err}"
+        143,
+        "blockdump: terminated by SIGTERM",
     );
     let mounts = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mounts.contains(&ours[0]), "{mounts}");

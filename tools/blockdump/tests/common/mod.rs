@@ -323,3 +323,20 @@ pub fn restore_ok(args: &[&str], target: &Path, stream: Vec<u8>) -> serde_json::
     assert_ok(&out);
     event(&out.stderr)
 }
+
+/// Sends `signal` to a running child, then waits for it: returns its output after asserting the
+/// exit status (128 + signal) and that its last stderr line starts with `message`.
+pub fn signal_and_expect(
+    child: std::process::Child,
+    signal: nix::sys::signal::Signal,
+    status: i32,
+    message: &str,
+) -> Output {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(status));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.starts_with(message), "{err}");
+    out
+}
