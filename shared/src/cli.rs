@@ -27,7 +27,7 @@ where
             )
         })
         .and_then(|runtime| {
-            runtime.block_on(async {
+            let result = runtime.block_on(async {
                 let cancellation = Cancellation::install().map_err(|err| {
                     Failure::new(
                         crate::ExitCode::Failure,
@@ -35,7 +35,11 @@ where
                     )
                 })?;
                 work(cancellation).await
-            })
+            });
+            // Dropping the runtime would wait for every blocking task, and one may be stuck in a
+            // read of a stdin that never ends (a stalled producer after SIGTERM): do not wait.
+            runtime.shutdown_background();
+            result
         });
     let _ = std::io::stdout().flush();
     match result {
