@@ -22,15 +22,20 @@ use crate::attach::describe;
 
 /// Waits for the end of the pipeline; says what ended it.
 pub async fn wait_for_end(watch_stdin: bool, cancellation: &Cancellation) -> String {
-    let hangup = tokio::task::spawn_blocking(stdout_hangup);
-    let mut sigpipe = signal(SignalKind::pipe()).ok();
+    // Plain threads, not spawn_blocking: the runtime waits for its blocking tasks when it shuts
+    // down, and these two may block forever (a reader that stays, a stdin that never ends).
+    let hangup = detached(stdout_hangup);
     let stdin_eof = async {
         if watch_stdin {
-            let _ = tokio::task::spawn_blocking(crate::attach::stdin_at_eof).await;
+            let _ = detached(|| {
+                crate::attach::stdin_at_eof();
+            })
+            .await;
         } else {
             std::future::pending::<()>().await;
         }
     };
+    let mut sigpipe = signal(SignalKind::pipe()).ok();
     let sigpipe_received = async {
         match sigpipe.as_mut() {
             Some(s) => {
@@ -45,6 +50,16 @@ pub async fn wait_for_end(watch_stdin: bool, cancellation: &Cancellation) -> Str
         _ = sigpipe_received => "SIGPIPE".to_string(),
         _ = stdin_eof => "end of stdin".to_string(),
     }
+}
+
+/// Runs `work` on a detached thread; the receiver resolves when it returns.
+fn detached(work: fn()) -> tokio::sync::oneshot::Receiver<()> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        work();
+        let _ = done.send(());
+    });
+    finished
 }
 
 /// Blocks until stdout is a pipe whose reader has gone (POLLERR/POLLHUP). For a terminal or a

@@ -437,3 +437,64 @@ fn no_volume_id_is_an_input_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn watch_stdin_cleans_up_at_end_of_stdin() {
+    let instance = moto::run_instance(AZ);
+    let volume_id = new_volume(AZ);
+    let lo = Loop::new();
+    let dev_dir = tempfile::tempdir().expect("tempdir");
+    link_volume(dev_dir.path(), &volume_id, &lo.device);
+    let mut child = moto::std_tool("ebs-attach")
+        .args([
+            "--volume-id",
+            &volume_id,
+            "--instance-id",
+            &instance,
+            "--az",
+            AZ,
+        ])
+        .args([
+            "--cleanup-on-exit",
+            "--watch-stdin",
+            "--keep-volume",
+            "--dev-dir",
+        ])
+        .arg(dev_dir.path())
+        .arg("--lock-file")
+        .arg(dev_dir.path().join("lock"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("event");
+    assert_eq!(events(line.as_bytes())[0]["event"], "volume_attached");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "waits while stdin is open"
+    );
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<_> = events(&out.stderr)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["volume_detached"],
+        "--keep-volume: detached, not deleted"
+    );
+    assert_eq!(state(&volume_id).as_deref(), Some("available"));
+    drop(stdout);
+    harness::block_on(moto::ec2().delete_volume().volume_id(&volume_id).send()).expect("delete");
+}
