@@ -15,7 +15,7 @@
 //! - retries use the SDK's standard mode (exponential back-off with full jitter) with more attempts
 //!   than its default of 3, because a long pipeline makes thousands of requests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -163,28 +163,37 @@ impl S3Options {
         Ok(aws_sdk_s3::Client::from_conf(config.build()))
     }
 
-    /// The HTTPS client: rustls with the system's roots plus `--ca-bundle` / `AWS_CA_BUNDLE`.
+    /// The HTTPS client: see [`https_client`].
     fn http_client(
         &self,
     ) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Failure> {
-        let bundle = self
-            .ca_bundle
-            .clone()
-            .or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from));
-        let mut trust = TrustStore::default();
-        if let Some(path) = bundle.filter(|p| !p.as_os_str().is_empty()) {
-            let pem = std::fs::read(&path).map_err(|err| {
-                Failure::usage(format!("cannot read CA bundle {}: {err}", path.display()))
-            })?;
-            trust = trust.with_pem_certificate(pem);
-        }
-        let context = TlsContext::builder()
-            .with_trust_store(trust)
-            .build()
-            .map_err(|err| Failure::usage(format!("unusable TLS settings: {err}")))?;
-        Ok(aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-            .tls_context(context)
-            .build_https())
+        https_client(self.ca_bundle.as_deref())
     }
+}
+
+/// The HTTPS client every AWS client of ours uses: rustls with the system's roots plus a PEM
+/// bundle of extra authorities from `ca_bundle` or else `AWS_CA_BUNDLE` (which the Rust SDK does
+/// not read by itself). Shared so the control-plane clients (EC2, EBS, RDS, DynamoDB) trust what
+/// the S3 client trusts.
+pub fn https_client(
+    ca_bundle: Option<&Path>,
+) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Failure> {
+    let bundle = ca_bundle
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from));
+    let mut trust = TrustStore::default();
+    if let Some(path) = bundle.filter(|p| !p.as_os_str().is_empty()) {
+        let pem = std::fs::read(&path).map_err(|err| {
+            Failure::usage(format!("cannot read CA bundle {}: {err}", path.display()))
+        })?;
+        trust = trust.with_pem_certificate(pem);
+    }
+    let context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .map_err(|err| Failure::usage(format!("unusable TLS settings: {err}")))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+        .tls_context(context)
+        .build_https())
 }

@@ -18,7 +18,6 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use clap::Args;
@@ -141,28 +140,9 @@ impl AwsOptions {
         ))
     }
 
-    /// rustls with the system's roots plus `--ca-bundle` / `AWS_CA_BUNDLE` (which the Rust SDK
-    /// ignores by itself). Same as the S3 client's in `s3pipe::s3`.
+    /// The same HTTPS client, and so the same trusted authorities, as the S3 client's.
     fn http_client(&self) -> Result<SharedHttpClient, Failure> {
-        let bundle = self
-            .ca_bundle
-            .clone()
-            .or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from));
-        let mut trust = TrustStore::default();
-        if let Some(path) = bundle.filter(|p| !p.as_os_str().is_empty()) {
-            let pem = std::fs::read(&path).map_err(|err| {
-                Failure::usage(format!("cannot read CA bundle {}: {err}", path.display()))
-            })?;
-            trust = trust.with_pem_certificate(pem);
-        }
-        let context = TlsContext::builder()
-            .with_trust_store(trust)
-            .build()
-            .map_err(|err| Failure::usage(format!("unusable TLS settings: {err}")))?;
-        Ok(aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-            .tls_context(context)
-            .build_https())
+        s3pipe::s3::https_client(self.ca_bundle.as_deref())
     }
 }
 
