@@ -197,3 +197,38 @@ pub fn https_client(
         .tls_context(context)
         .build_https())
 }
+
+/// Parses a storage class by the names the SDK knows (`STANDARD`, `GLACIER_IR`, ...), for clap.
+pub fn parse_storage_class(text: &str) -> Result<aws_sdk_s3::types::StorageClass, String> {
+    parse_known(
+        "storage class",
+        aws_sdk_s3::types::StorageClass::values(),
+        text,
+    )
+}
+
+/// Parses a canned ACL by the names the SDK knows (`private`, `bucket-owner-full-control`, ...).
+pub fn parse_canned_acl(text: &str) -> Result<aws_sdk_s3::types::ObjectCannedAcl, String> {
+    parse_known(
+        "canned ACL",
+        aws_sdk_s3::types::ObjectCannedAcl::values(),
+        text,
+    )
+}
+
+/// An SDK enum from one of its known names; an unknown name is refused with the list, rather
+/// than passed on as the SDK's `Unknown` variant for the server to reject mid-run.
+fn parse_known<T: for<'a> From<&'a str>>(
+    what: &str,
+    known: &[&str],
+    text: &str,
+) -> Result<T, String> {
+    if known.contains(&text) {
+        Ok(T::from(text))
+    } else {
+        Err(format!(
+            "unknown {what} '{text}' (known: {})",
+            known.join(", ")
+        ))
+    }
+}

@@ -132,7 +132,7 @@ pub struct Args {
     pub content_type: String,
 
     /// Storage class, e.g. STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, DEEP_ARCHIVE
-    #[arg(long, value_name = "CLASS", value_parser = parse_storage_class)]
+    #[arg(long, value_name = "CLASS", value_parser = s3pipe::s3::parse_storage_class)]
     pub storage_class: Option<StorageClass>,
 
     /// Server-side encryption
@@ -174,18 +174,6 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
         return Err(format!("'{text}' has an empty key"));
     }
     Ok((key.to_string(), value.to_string()))
-}
-
-fn parse_storage_class(text: &str) -> Result<StorageClass, String> {
-    let known = StorageClass::values();
-    if known.contains(&text) {
-        Ok(StorageClass::from(text))
-    } else {
-        Err(format!(
-            "unknown storage class '{text}' (known: {})",
-            known.join(", ")
-        ))
-    }
 }
 
 /// The clap definition, for the man page.

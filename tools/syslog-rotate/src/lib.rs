@@ -140,11 +140,11 @@ pub struct Args {
     pub max_line_length: u64,
 
     /// Storage class, e.g. STANDARD, STANDARD_IA, GLACIER_IR
-    #[arg(long, value_name = "CLASS", value_parser = parse_storage_class)]
+    #[arg(long, value_name = "CLASS", value_parser = s3pipe::s3::parse_storage_class)]
     pub storage_class: Option<StorageClass>,
 
     /// Canned ACL, e.g. private, bucket-owner-full-control
-    #[arg(long, value_name = "ACL", value_parser = parse_acl)]
+    #[arg(long, value_name = "ACL", value_parser = s3pipe::s3::parse_canned_acl)]
     pub canned_acl: Option<ObjectCannedAcl>,
 
     /// Server-side encryption
@@ -186,30 +186,6 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
     match text.trim().parse::<u64>() {
         Ok(minutes) => Ok(Duration::from_secs(minutes * 60)),
         Err(_) => parse_duration(text),
-    }
-}
-
-fn parse_storage_class(text: &str) -> Result<StorageClass, String> {
-    let known = StorageClass::values();
-    if known.contains(&text) {
-        Ok(StorageClass::from(text))
-    } else {
-        Err(format!(
-            "unknown storage class '{text}' (known: {})",
-            known.join(", ")
-        ))
-    }
-}
-
-fn parse_acl(text: &str) -> Result<ObjectCannedAcl, String> {
-    let known = ObjectCannedAcl::values();
-    if known.contains(&text) {
-        Ok(ObjectCannedAcl::from(text))
-    } else {
-        Err(format!(
-            "unknown canned ACL '{text}' (known: {})",
-            known.join(", ")
-        ))
     }
 }
 
