@@ -4,10 +4,18 @@
 //! BLKGETSIZE64 ioctl returns, without `unsafe`). Files are read with `pread` so that a read
 //! error can be retried sector by sector at a known offset; holes in image files are found with
 //! `SEEK_DATA`/`SEEK_HOLE` and never read at all.
+//!
+//! Devices are read with `O_DIRECT`, straight into our buffers. A device has no holes to skip, so
+//! its zeros must be read, and through the page cache that costs far more than it should: a loop
+//! device (an image attached with losetup) copies every block from its file's page cache into its
+//! own, at 0.4-1.5 GB/s here, against 10 GB/s and more direct. On any device a dump read through
+//! the cache also pushes the host's useful pages out for data read once. Where the kernel refuses
+//! `O_DIRECT` (some devices, an unaligned tail), reading falls back to the page cache.
 
-use std::fs::File;
+use std::cell::Cell;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,6 +44,8 @@ pub struct Source {
     /// Known for devices and files, not for stdin.
     pub size: Option<u64>,
     pub file: Option<File>,
+    /// The same device opened with `O_DIRECT`, when the kernel allows it.
+    pub direct: Option<File>,
 }
 
 impl Source {
@@ -55,6 +65,7 @@ pub fn open(path: &Path) -> Result<Source, Failure> {
             kind: Kind::Stdin,
             size: None,
             file: None,
+            direct: None,
         });
     }
     let mut file = File::open(path)
@@ -82,11 +93,21 @@ pub fn open(path: &Path) -> Result<Source, Failure> {
         }
         _ => meta.len(),
     };
+    let direct = match kind {
+        Kind::Device => OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(path)
+            .inspect_err(|err| tracing::debug!("{}: no O_DIRECT ({err})", path.display()))
+            .ok(),
+        _ => None,
+    };
     Ok(Source {
         path: path.to_path_buf(),
         kind,
         size: Some(size),
         file: Some(file),
+        direct,
     })
 }
 
@@ -230,6 +251,12 @@ pub fn read_raw(
         _ => None,
     };
     let ranges = ranges.unwrap_or_else(|| vec![(0, size)]);
+    let reader = SourceReader {
+        direct: source.direct.as_ref(),
+        buffered: file,
+        path: &source.path,
+        direct_refused: Cell::new(false),
+    };
     let mut pos = 0u64;
     for (start, end) in ranges {
         // Holes are whole chunks of zeros never read; a chunk part hole, part data is read (a
@@ -249,16 +276,15 @@ pub fn read_raw(
                 return Err(io::Error::other("cancelled"));
             }
             let n = (aligned_end - pos).min(chunk as u64) as usize;
-            let mut buf = sink.buffer();
-            buf.resize(n, 0);
+            let (mut buf, start) = sink.aligned_buffer(n, DIRECT_ALIGN);
             let errors = ReadErrors {
                 continue_on_error: options.continue_on_error,
                 sector: options.sector,
             };
-            read_chunk(file, &source.path, pos, &mut buf, &errors, &mut bad)?;
+            read_chunk(&reader, &source.path, pos, &mut buf[start..], &errors, &mut bad)?;
             options.rate.consume(n as u64);
             options.progress.inc(n as u64);
-            sink.push_chunk(buf)?;
+            sink.push_chunk_at(buf, start)?;
             pos += n as u64;
         }
     }
@@ -278,6 +304,40 @@ pub trait ReadAt {
 impl ReadAt for File {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// Memory alignment of read buffers: `O_DIRECT` wants buffers aligned to the device's logical
+/// block size, which is at most a page.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Reads a source through its `O_DIRECT` handle while the kernel accepts that, else through the
+/// page cache.
+struct SourceReader<'a> {
+    direct: Option<&'a File>,
+    buffered: &'a File,
+    path: &'a Path,
+    /// Set when the kernel refused an `O_DIRECT` read (EINVAL: an alignment the device does not
+    /// allow); from then on the source is read through the page cache.
+    direct_refused: Cell<bool>,
+}
+
+impl ReadAt for SourceReader<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if let Some(direct) = self.direct.filter(|_| !self.direct_refused.get()) {
+            match FileExt::read_exact_at(direct, buf, offset) {
+                Err(err) if err.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    tracing::debug!(
+                        "{}: O_DIRECT read of {} bytes at {offset} refused ({err}); reading through the page cache",
+                        self.path.display(),
+                        buf.len()
+                    );
+                    self.direct_refused.set(true);
+                }
+                other => return other,
+            }
+        }
+        FileExt::read_exact_at(self.buffered, buf, offset)
     }
 }
 
@@ -359,6 +419,46 @@ mod tests {
             buf.fill(0xAB);
             Ok(())
         }
+    }
+
+    /// A read the kernel refuses with O_DIRECT (here: a buffer at an odd address) is done through
+    /// the page cache instead, and so is every later read.
+    #[test]
+    fn a_refused_direct_read_falls_back_to_the_page_cache() {
+        // Beside the test binary: a real disk file system (tmpfs would take any alignment).
+        let exe = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
+        let path = dir.path().join("image");
+        let content: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let buffered = File::open(&path).unwrap();
+        let Ok(direct) = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&path)
+        else {
+            panic!("the file system under {} has no O_DIRECT", dir.path().display());
+        };
+        let reader = SourceReader {
+            direct: Some(&direct),
+            buffered: &buffered,
+            path: &path,
+            direct_refused: Cell::new(false),
+        };
+        let mut buf = vec![0u8; 8192 + 2 * DIRECT_ALIGN];
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        // Aligned: read directly.
+        reader
+            .read_exact_at(&mut buf[start..start + 8192], 4096)
+            .unwrap();
+        assert_eq!(&buf[start..start + 8192], &content[4096..4096 + 8192]);
+        assert!(!reader.direct_refused.get());
+        // One byte off: refused by the kernel, read through the cache.
+        reader
+            .read_exact_at(&mut buf[start + 1..start + 1 + 8192], 8192)
+            .unwrap();
+        assert_eq!(&buf[start + 1..start + 1 + 8192], &content[8192..8192 + 8192]);
+        assert!(reader.direct_refused.get());
     }
 
     #[test]

@@ -227,9 +227,25 @@ impl Compressor {
     }
 }
 
+/// Content read into a buffer: the bytes from `start` on. A chunk read with `O_DIRECT` starts
+/// where its buffer is aligned in memory, which for a `Vec<u8>` is some way in; keeping the offset
+/// spares copying every chunk to the front.
+struct Chunk {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
 /// A chunk handed to the workers.
 enum Payload {
-    Data(Arc<Vec<u8>>),
+    Data(Arc<Chunk>),
     Zero(usize),
 }
 
@@ -366,7 +382,7 @@ impl ChunkSink {
             self.pool.give(buf);
             self.send(Payload::Zero(len))
         } else {
-            self.send(Payload::Data(Arc::new(buf)))
+            self.send(Payload::Data(Arc::new(Chunk { buf, start: 0 })))
         }
     }
 
@@ -375,17 +391,34 @@ impl ChunkSink {
         self.pool.take(self.settings.chunk_size)
     }
 
+    /// A buffer to read `len` bytes into at an address aligned to `align` (a power of two), as
+    /// `O_DIRECT` needs: the buffer and where in it the aligned `len` bytes start. Hand both to
+    /// [`Self::push_chunk_at`].
+    pub fn aligned_buffer(&self, len: usize, align: usize) -> (Vec<u8>, usize) {
+        let mut buf = self.pool.take(self.settings.chunk_size.max(len) + align);
+        // The capacity is reserved, so growing the length below never moves the allocation.
+        let start = buf.as_ptr().align_offset(align);
+        buf.resize(start + len, 0);
+        (buf, start)
+    }
+
     /// Pushes one chunk read by the caller (no larger than the chunk size); zeros are detected.
     pub fn push_chunk(&mut self, data: Vec<u8>) -> io::Result<()> {
+        self.push_chunk_at(data, 0)
+    }
+
+    /// Pushes the bytes of `buf` from `start` on as one chunk (see [`Self::aligned_buffer`]).
+    pub fn push_chunk_at(&mut self, buf: Vec<u8>, start: usize) -> io::Result<()> {
         self.flush_buf()?;
-        self.size += data.len() as u64;
-        if is_zero(&data) {
-            let len = data.len();
+        let chunk = Chunk { buf, start };
+        let len = chunk.len();
+        self.size += len as u64;
+        if is_zero(&chunk) {
             self.zero_bytes += len as u64;
-            self.pool.give(data);
+            self.pool.give(chunk.buf);
             self.send(Payload::Zero(len))
         } else {
-            self.send(Payload::Data(Arc::new(data)))
+            self.send(Payload::Data(Arc::new(chunk)))
         }
     }
 
@@ -489,8 +522,8 @@ where
                     Payload::Zero(len) => compressor.compress(zeros(len), &mut out),
                     Payload::Data(data) => {
                         let r = compressor.compress(&data, &mut out);
-                        if let Ok(buf) = Arc::try_unwrap(data) {
-                            in_pool.give(buf);
+                        if let Ok(chunk) = Arc::try_unwrap(data) {
+                            in_pool.give(chunk.buf);
                         }
                         r
                     }
@@ -531,8 +564,8 @@ where
                 Payload::Zero(n) => hasher.update(zeros(n)),
                 Payload::Data(data) => {
                     hasher.update(&data[..]);
-                    if let Ok(buf) = Arc::try_unwrap(data) {
-                        hash_pool.give(buf);
+                    if let Ok(chunk) = Arc::try_unwrap(data) {
+                        hash_pool.give(chunk.buf);
                     }
                 }
             }
