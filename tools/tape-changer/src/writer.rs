@@ -8,9 +8,11 @@
 //!
 //! Memory: a reader thread fills one block at a time and hands it over a channel of one; at most
 //! `NB_THREADS_BACKUP` blocks are being uploaded, so a run holds about (threads + 3) blocks.
+//! A block's buffer goes back to the reader once its upload is done ([`BlockPool`]): a fresh
+//! 10 MiB buffer for every block would cost a page fault per 4 KiB, over the whole dump.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -33,9 +35,40 @@ enum Chunk {
     Failed(std::io::Error),
 }
 
+/// Block buffers handed back after their upload, for the reader to fill again.
+#[derive(Debug, Clone, Default)]
+struct BlockPool(Arc<Mutex<Vec<BytesMut>>>);
+
+impl BlockPool {
+    /// A buffer of `len` bytes (old content, about to be overwritten).
+    fn take(&self, len: usize) -> BytesMut {
+        let reused = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match reused {
+            Some(mut block) => {
+                block.resize(len, 0);
+                block
+            }
+            None => BytesMut::zeroed(len),
+        }
+    }
+
+    /// Takes `block` back if nothing else holds it any more (the SHA-256 thread may still).
+    fn give(&self, block: Bytes, block_size: usize, keep: usize) {
+        if let Ok(block) = block.try_into_mut()
+            && block.capacity() >= block_size
+        {
+            let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < keep {
+                pool.push(block);
+            }
+        }
+    }
+}
+
 fn spawn_reader(
     mut input: Box<dyn Read + Send>,
     block_size: usize,
+    pool: BlockPool,
     tx: mpsc::Sender<Chunk>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -51,7 +84,7 @@ fn spawn_reader(
         });
         let mut total = 0u64;
         loop {
-            let mut block = BytesMut::zeroed(block_size);
+            let mut block = pool.take(block_size);
             let mut filled = 0;
             while filled < block_size {
                 match input.read(&mut block[filled..]) {
@@ -161,7 +194,8 @@ async fn write_inner(
     let block_size = device.block_size as usize;
     let threads = device.threads_backup;
     let (tx, mut rx) = mpsc::channel(1);
-    let _reader = spawn_reader(input, block_size, tx);
+    let pool = BlockPool::default();
+    let _reader = spawn_reader(input, block_size, pool.clone(), tx);
     let permits = Arc::new(Semaphore::new(threads));
     let mut uploads: JoinSet<Result<(u64, String), Failure>> = JoinSet::new();
     let mut md5s: Vec<String> = Vec::new();
@@ -241,12 +275,14 @@ async fn write_inner(
                 let tapes = tapes.clone();
                 let bucket = slot.bucket.clone();
                 let block = index;
+                let pool = pool.clone();
                 uploads.spawn(async move {
-                    let md5 = tapes
-                        .put(&bucket, &key, data, "application/octet-stream")
-                        .await?;
+                    let result = tapes
+                        .put(&bucket, &key, data.clone(), "application/octet-stream")
+                        .await;
+                    pool.give(data, block_size, threads + 2);
                     drop(permit);
-                    Ok((block, md5))
+                    Ok((block, result?))
                 });
                 index += 1;
             }
