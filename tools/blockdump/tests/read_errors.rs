@@ -1,0 +1,160 @@
+//! Read errors on a real block device: a loop device over a file that FUSE serves with chosen
+//! byte ranges unreadable (`tests/bad-sectors-fs`; this kernel has no device-mapper to make a
+//! failing device any other way). Without `--continue-on-error` the first error fails the dump
+//! with its offset; with it, the bad sectors become zeros and are listed, ddrescue-like.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+/// Unreadable: 8 KiB at 3 MiB, and 4 KiB one sector into 5 MiB.
+const BAD: [(u64, u64); 2] = [(3 * MIB, 8192), (5 * MIB + 4096, 4096)];
+
+/// The FUSE file system and the loop device over its file, taken down on drop.
+struct FailingDevice {
+    fuse: Child,
+    mountpoint: PathBuf,
+    device: Option<LoopDev>,
+}
+
+impl FailingDevice {
+    fn new(image: &Path, dir: &Path) -> Self {
+        let mountpoint = dir.join("mnt");
+        fs::create_dir_all(&mountpoint).expect("mount point");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-sectors-fs");
+        let mut command = Command::new(script);
+        command.arg(image).arg(&mountpoint);
+        for (start, length) in BAD {
+            command.arg(format!("{start}:{length}"));
+        }
+        let mut fuse = command
+            .spawn()
+            .expect("tests/bad-sectors-fs (needs python3, fusepy and libfuse2; .ci/run installs them)");
+        let file = mountpoint.join("disk.img");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !file.exists() {
+            if let Ok(Some(status)) = fuse.try_wait() {
+                panic!("bad-sectors-fs exited with {status} (is fusepy installed? pip install fusepy; apt-get install libfuse2)");
+            }
+            assert!(Instant::now() < deadline, "bad-sectors-fs did not mount");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = sh(
+            "losetup",
+            &["--find", "--show", "--read-only", file.to_str().expect("path")],
+        );
+        let device = LoopDev {
+            path: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        };
+        FailingDevice {
+            fuse,
+            mountpoint,
+            device: Some(device),
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.device.as_ref().expect("device").as_str()
+    }
+}
+
+impl Drop for FailingDevice {
+    fn drop(&mut self) {
+        drop(self.device.take());
+        let _ = Command::new("umount").arg(&self.mountpoint).status();
+        let _ = self.fuse.kill();
+        let _ = self.fuse.wait();
+    }
+}
+
+fn image(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let data = random_bytes(8 * MIB as usize, 11);
+    let path = dir.join("source.img");
+    fs::write(&path, &data).expect("image");
+    (path, data)
+}
+
+#[test]
+fn the_first_read_error_fails_the_dump_with_its_offset() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (path, _) = image(tmp.path());
+    let device = FailingDevice::new(&path, tmp.path());
+    let out = blockdump()
+        .args(["--mode", "raw", "--compress", "zstd"])
+        .arg(device.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6), "exit 6 (input error)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
+    assert!(
+        lines[0].contains(&format!("read error on {}", device.path()))
+            && lines[0].contains(&format!("at offset {}", BAD[0].0))
+            && lines[0].contains("Input/output error")
+            && lines[0].contains("--continue-on-error"),
+        "{stderr}"
+    );
+    // No completion event: nothing downstream may take the stream for a whole one.
+    assert!(!stderr.contains("dump_complete"), "{stderr}");
+}
+
+#[test]
+fn continue_on_error_zeroes_and_lists_exactly_the_bad_sectors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (path, data) = image(tmp.path());
+    let device = FailingDevice::new(&path, tmp.path());
+    let events = tmp.path().join("events.jsonl");
+    let out = blockdump()
+        .args(["--mode", "raw", "--compress", "zstd", "--continue-on-error"])
+        .arg("--events")
+        .arg(&events)
+        .arg(device.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("unreadable").count(),
+        3,
+        "one warning per bad 4 KiB sector: {stderr}"
+    );
+    let ev = event(&fs::read(&events).expect("events"));
+    assert_eq!(ev["event"], "dump_complete");
+    assert_eq!(
+        ev["bad_ranges"],
+        serde_json::json!([
+            {"offset": BAD[0].0, "length": BAD[0].1},
+            {"offset": BAD[1].0, "length": BAD[1].1},
+        ])
+    );
+    assert_eq!(ev["bad_bytes"], BAD[0].1 + BAD[1].1);
+
+    // The stream is the device with zeros where it could not be read, and the SHA-256 says so.
+    let mut expected = data.clone();
+    for (start, length) in BAD {
+        expected[start as usize..(start + length) as usize].fill(0);
+    }
+    assert_ne!(expected, data);
+    assert_eq!(ev["sha256"], sha256_hex(&expected).as_str());
+    let stream = tmp.path().join("dump.zst");
+    fs::write(&stream, &out.stdout).expect("stream");
+    let decoded = Command::new("zstd")
+        .arg("-dc")
+        .arg(&stream)
+        .output()
+        .expect("zstd");
+    assert!(decoded.status.success());
+    assert_eq!(decoded.stdout.len(), expected.len());
+    assert!(decoded.stdout == expected, "zstd -d gives the zeroed image");
+}
