@@ -10,13 +10,21 @@
 //! The archive is GNU tar as the tar crate writes it (long names, sparse files with their holes)
 //! plus a PAX header before each entry that has extended attributes (`SCHILY.xattr.NAME`, what GNU
 //! tar and bsdtar write and read). Hard links are stored once and linked after, as tar does.
+//!
+//! Read errors: a file's tar header, with its size, is written before its data, so a file that
+//! fails half-way cannot simply be dropped. Without `--continue-on-error` the dump fails, naming
+//! the file. With it, a file is read through [`TolerantReader`]: what cannot be read (tried 4 KiB
+//! at a time) becomes zeros, as GNU tar pads an unreadable file, and is listed with the file's
+//! name and offset; an entry that cannot be opened or listed at all is skipped and listed.
+//! Sparse files keep their holes through the tar crate's sparse support, which reads the file
+//! itself: a read error in a sparse file still fails the dump.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -164,12 +172,25 @@ impl Drop for Mount {
 pub struct WalkSummary {
     pub entries: u64,
     pub skipped: Vec<String>,
+    /// With `--continue-on-error`: ranges of files read as zeros.
+    pub bad: Vec<BadFileRange>,
+}
+
+/// A range of a file that could not be read and is zeros in the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFileRange {
+    /// The name in the archive.
+    pub path: String,
+    /// Offset in the file.
+    pub offset: u64,
+    pub length: u64,
 }
 
 /// Writes a tar archive of the tree at `root` to `out`.
 pub fn archive<W: Write>(
     root: &Path,
     out: W,
+    continue_on_error: bool,
     cancellation: &Cancellation,
     progress: &indicatif::ProgressBar,
 ) -> io::Result<WalkSummary> {
@@ -181,6 +202,7 @@ pub fn archive<W: Write>(
         builder,
         links: HashMap::new(),
         summary: WalkSummary::default(),
+        continue_on_error,
         cancellation,
         progress,
         root_dev: fs::symlink_metadata(root)?.dev(),
@@ -194,6 +216,7 @@ struct Walk<'a, W: Write> {
     builder: Builder<W>,
     links: HashMap<(u64, u64), PathBuf>,
     summary: WalkSummary,
+    continue_on_error: bool,
     cancellation: &'a Cancellation,
     progress: &'a indicatif::ProgressBar,
     root_dev: u64,
@@ -204,7 +227,10 @@ impl<W: Write> Walk<'_, W> {
         if self.cancellation.is_cancelled() {
             return Err(io::Error::other("cancelled"));
         }
-        let meta = fs::symlink_metadata(path)?;
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(err) => return self.unreadable(name, "cannot stat", err),
+        };
         let ft = meta.file_type();
         if ft.is_socket() {
             // tar has no entry type for a socket; GNU tar skips them too.
@@ -226,9 +252,12 @@ impl<W: Write> Walk<'_, W> {
             if meta.dev() != self.root_dev {
                 return Ok(());
             }
-            let mut children: Vec<_> = fs::read_dir(path)?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<io::Result<_>>()?;
+            let children: io::Result<Vec<_>> =
+                fs::read_dir(path).and_then(|dir| dir.map(|e| e.map(|e| e.file_name())).collect());
+            let mut children = match children {
+                Ok(children) => children,
+                Err(err) => return self.unreadable(name, "cannot list", err),
+            };
             children.sort();
             for child in children {
                 let child_name = if name == Path::new(".") {
@@ -258,13 +287,52 @@ impl<W: Write> Walk<'_, W> {
                 }
                 self.links.insert(key, name.to_path_buf());
             }
-            let mut file = File::open(path)?;
-            self.builder.append_file(name, &mut file)?;
+            let mut file = match File::open(path) {
+                Ok(file) => file,
+                Err(err) => return self.unreadable(name, "cannot open", err),
+            };
+            let sparse = meta.blocks() * 512 < meta.len();
+            if self.continue_on_error && !sparse {
+                let mut header = Header::new_gnu();
+                header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+                let reader = TolerantReader {
+                    file,
+                    len: meta.len(),
+                    pos: 0,
+                    name: name.display().to_string(),
+                    bad: &mut self.summary.bad,
+                };
+                self.builder.append_data(
+                    &mut header,
+                    name,
+                    io::BufReader::with_capacity(1 << 20, reader),
+                )?;
+            } else {
+                self.builder
+                    .append_file(name, &mut file)
+                    .map_err(|err| with_name(err, name))?;
+            }
             self.progress.inc(meta.len());
         } else {
             // FIFOs and device nodes: the tar crate writes their type and numbers.
             self.builder.append_path_with_name(path, name)?;
         }
+        Ok(())
+    }
+
+    /// An entry that cannot be read at all: skipped and listed with `--continue-on-error`, else
+    /// the end of the dump.
+    fn unreadable(&mut self, name: &Path, what: &str, err: io::Error) -> io::Result<()> {
+        if !self.continue_on_error {
+            return Err(io::Error::new(
+                err.kind(),
+                format!("{what} {} in the file system: {err}", name.display()),
+            ));
+        }
+        tracing::warn!("skipped {}: {what} it: {err}", name.display());
+        self.summary
+            .skipped
+            .push(format!("{} ({what}: {err})", name.display()));
         Ok(())
     }
 
@@ -304,6 +372,87 @@ impl<W: Write> Walk<'_, W> {
         header.set_mode(0o644);
         header.set_cksum();
         self.builder.append(&header, &records[..])
+    }
+}
+
+fn with_name(err: io::Error, name: &Path) -> io::Error {
+    if err.kind() == io::ErrorKind::BrokenPipe {
+        return err;
+    }
+    io::Error::new(
+        err.kind(),
+        format!(
+            "read error in {} in the file system: {err} (--continue-on-error pads it with zeros)",
+            name.display()
+        ),
+    )
+}
+
+/// Granularity of the retries after a read error.
+const SECTOR: u64 = 4096;
+
+/// A file's content for the archive, whatever cannot be read replaced by zeros: it always yields
+/// exactly `len` bytes, the size its tar header already promised (a file that shrank is padded
+/// too). Reads at explicit offsets (`pread`), so that after an error the next sector is tried.
+struct TolerantReader<'a> {
+    file: File,
+    len: u64,
+    pos: u64,
+    name: String,
+    bad: &'a mut Vec<BadFileRange>,
+}
+
+impl TolerantReader<'_> {
+    fn zeros(&mut self, buf: &mut [u8], err: &dyn std::fmt::Display) -> usize {
+        buf.fill(0);
+        let length = buf.len() as u64;
+        tracing::warn!(
+            "unreadable: {length} bytes at offset {} of {}: {err}",
+            self.pos,
+            self.name
+        );
+        match self.bad.last_mut() {
+            Some(last) if last.path == self.name && last.offset + last.length == self.pos => {
+                last.length += length
+            }
+            _ => self.bad.push(BadFileRange {
+                path: self.name.clone(),
+                offset: self.pos,
+                length,
+            }),
+        }
+        self.pos += length;
+        buf.len()
+    }
+}
+
+impl Read for TolerantReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.len - self.pos) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        loop {
+            match self.file.read_at(&mut buf[..want], self.pos) {
+                Ok(0) => return Ok(self.zeros(&mut buf[..want], &"the file ended early")),
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // Retry just up to the next sector boundary; zeros if that fails too.
+                    let n = (SECTOR - self.pos % SECTOR).min(want as u64) as usize;
+                    return match self.file.read_at(&mut buf[..n], self.pos) {
+                        Ok(k) if k > 0 => {
+                            self.pos += k as u64;
+                            Ok(k)
+                        }
+                        _ => Ok(self.zeros(&mut buf[..n], &err)),
+                    };
+                }
+            }
+        }
     }
 }
 

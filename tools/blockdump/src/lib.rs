@@ -125,8 +125,9 @@ pub struct DumpArgs {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub rate_limit: Option<u64>,
 
-    /// Raw mode: turn unreadable sectors into zeros and list them in the final event, instead of
-    /// failing (in files mode a read error always fails the dump)
+    /// Turn unreadable sectors into zeros and list them in the final event, instead of failing
+    /// (files mode: unreadable parts of files become zeros, unreadable entries are skipped; a
+    /// read error in a sparse file still fails)
     #[arg(long)]
     pub continue_on_error: bool,
 
@@ -200,7 +201,7 @@ pub fn man_extras() -> ManExtras {
         notes: vec![
             "Files mode mounts ext2/3/4 with ro,noload and XFS with ro,norecovery,nouuid (plus nosuid, nodev, noexec, noatime) in a fresh 0700 directory under $TMPDIR, so the source is never written, not even to replay a journal; it is unmounted however the run ends. An image file is mounted through a read-only loop device. A whole disk with a partition table is not a recognised file system: name the partition for files mode.",
             "Each chunk is its own zstd frame or gzip member, so the chunks compress in parallel and the standard decoders read the concatenation. blockdump adds a zstd skippable frame (gzip: an empty member with an extra field) at the start and at the end, carrying the size and SHA-256 of the content; the standard tools ignore them, and restore uses them to detect a stream cut short at a frame boundary.",
-            "Read errors fail the dump with the offset of the failing read unless --continue-on-error is given; then each unreadable range (tried sector by sector) becomes zeros and is listed in the final event as bad_ranges. A failed or interrupted dump exits non-zero, so with set -o pipefail the upload stage aborts.",
+            "Read errors fail the dump with the offset of the failing read (raw mode) or the name of the file (files mode) unless --continue-on-error is given; then each unreadable range (tried sector by sector) becomes zeros and is listed in the final event as bad_ranges, with the file's name in files mode. A failed or interrupted dump exits non-zero, so with set -o pipefail the upload stage aborts.",
         ],
         exit_notes: vec![
             "A read error on the source exits 6; a restore whose content does not match the stream's end marker, --expect-sha256 or --expect-from exits 5, a stream cut short exits 6. Refusing a mounted device or a non-empty directory exits 2.",
@@ -494,7 +495,13 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
                     inner: sink,
                     rate: &mut rate,
                 };
-                files::archive(&root, limited, &cancellation, &progress)
+                files::archive(
+                    &root,
+                    limited,
+                    args.continue_on_error,
+                    &cancellation,
+                    &progress,
+                )
             })
             .map(|(walk, summary)| (Vec::new(), Some(walk), summary))
         }
@@ -519,19 +526,28 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
         .with("bytes_out", summary.bytes_out)
         .with("sha256", hex::encode(summary.sha256))
         .with("seconds", started.elapsed().as_secs_f64());
-    if let Some(walk) = walk {
+    if let Some(walk) = &walk {
         event = event.with("entries", walk.entries);
         if !walk.skipped.is_empty() {
-            event = event.with("skipped", walk.skipped);
+            event = event.with("skipped", walk.skipped.clone());
         }
     }
     if args.continue_on_error {
-        let ranges: Vec<_> = bad
+        let mut ranges: Vec<_> = bad
             .iter()
             .map(|r| json!({"offset": r.offset, "length": r.length}))
             .collect();
+        let mut bad_bytes = bad.iter().map(|r| r.length).sum::<u64>();
+        if let Some(walk) = &walk {
+            ranges.extend(
+                walk.bad
+                    .iter()
+                    .map(|r| json!({"path": r.path, "offset": r.offset, "length": r.length})),
+            );
+            bad_bytes += walk.bad.iter().map(|r| r.length).sum::<u64>();
+        }
         event = event
-            .with("bad_bytes", bad.iter().map(|r| r.length).sum::<u64>())
+            .with("bad_bytes", bad_bytes)
             .with("bad_ranges", ranges);
     }
     events

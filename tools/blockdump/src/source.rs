@@ -281,7 +281,14 @@ pub fn read_raw(
                 continue_on_error: options.continue_on_error,
                 sector: options.sector,
             };
-            read_chunk(&reader, &source.path, pos, &mut buf[start..], &errors, &mut bad)?;
+            read_chunk(
+                &reader,
+                &source.path,
+                pos,
+                &mut buf[start..],
+                &errors,
+                &mut bad,
+            )?;
             options.rate.consume(n as u64);
             options.progress.inc(n as u64);
             sink.push_chunk_at(buf, start)?;
@@ -437,7 +444,10 @@ mod tests {
             .custom_flags(nix::libc::O_DIRECT)
             .open(&path)
         else {
-            panic!("the file system under {} has no O_DIRECT", dir.path().display());
+            panic!(
+                "the file system under {} has no O_DIRECT",
+                dir.path().display()
+            );
         };
         let reader = SourceReader {
             direct: Some(&direct),
@@ -457,7 +467,10 @@ mod tests {
         reader
             .read_exact_at(&mut buf[start + 1..start + 1 + 8192], 8192)
             .unwrap();
-        assert_eq!(&buf[start + 1..start + 1 + 8192], &content[8192..8192 + 8192]);
+        assert_eq!(
+            &buf[start + 1..start + 1 + 8192],
+            &content[8192..8192 + 8192]
+        );
         assert!(reader.direct_refused.get());
     }
 

@@ -1,7 +1,8 @@
 //! Read errors on a real block device: a loop device over a file that FUSE serves with chosen
 //! byte ranges unreadable (`tests/bad-sectors-fs`; this kernel has no device-mapper to make a
 //! failing device any other way). Without `--continue-on-error` the first error fails the dump
-//! with its offset; with it, the bad sectors become zeros and are listed, ddrescue-like.
+//! with its offset; with it, the bad sectors become zeros and are listed, ddrescue-like, and in
+//! files mode the unreadable part of a file becomes zeros in the archive, listed by file name.
 
 mod common;
 
@@ -24,30 +25,37 @@ struct FailingDevice {
 }
 
 impl FailingDevice {
-    fn new(image: &Path, dir: &Path) -> Self {
+    fn new(image: &Path, dir: &Path, bad: &[(u64, u64)]) -> Self {
         let mountpoint = dir.join("mnt");
         fs::create_dir_all(&mountpoint).expect("mount point");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-sectors-fs");
         let mut command = Command::new(script);
         command.arg(image).arg(&mountpoint);
-        for (start, length) in BAD {
+        for (start, length) in bad {
             command.arg(format!("{start}:{length}"));
         }
-        let mut fuse = command
-            .spawn()
-            .expect("tests/bad-sectors-fs (needs python3, fusepy and libfuse2; .ci/run installs them)");
+        let mut fuse = command.spawn().expect(
+            "tests/bad-sectors-fs (needs python3, fusepy and libfuse2; .ci/run installs them)",
+        );
         let file = mountpoint.join("disk.img");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !file.exists() {
             if let Ok(Some(status)) = fuse.try_wait() {
-                panic!("bad-sectors-fs exited with {status} (is fusepy installed? pip install fusepy; apt-get install libfuse2)");
+                panic!(
+                    "bad-sectors-fs exited with {status} (is fusepy installed? pip install fusepy; apt-get install libfuse2)"
+                );
             }
             assert!(Instant::now() < deadline, "bad-sectors-fs did not mount");
             std::thread::sleep(Duration::from_millis(50));
         }
         let out = sh(
             "losetup",
-            &["--find", "--show", "--read-only", file.to_str().expect("path")],
+            &[
+                "--find",
+                "--show",
+                "--read-only",
+                file.to_str().expect("path"),
+            ],
         );
         let device = LoopDev {
             path: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
@@ -84,7 +92,7 @@ fn image(dir: &Path) -> (PathBuf, Vec<u8>) {
 fn the_first_read_error_fails_the_dump_with_its_offset() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (path, _) = image(tmp.path());
-    let device = FailingDevice::new(&path, tmp.path());
+    let device = FailingDevice::new(&path, tmp.path(), &BAD);
     let out = blockdump()
         .args(["--mode", "raw", "--compress", "zstd"])
         .arg(device.path())
@@ -109,7 +117,7 @@ fn the_first_read_error_fails_the_dump_with_its_offset() {
 fn continue_on_error_zeroes_and_lists_exactly_the_bad_sectors() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (path, data) = image(tmp.path());
-    let device = FailingDevice::new(&path, tmp.path());
+    let device = FailingDevice::new(&path, tmp.path(), &BAD);
     let events = tmp.path().join("events.jsonl");
     let out = blockdump()
         .args(["--mode", "raw", "--compress", "zstd", "--continue-on-error"])
@@ -157,4 +165,104 @@ fn continue_on_error_zeroes_and_lists_exactly_the_bad_sectors() {
     assert!(decoded.status.success());
     assert_eq!(decoded.stdout.len(), expected.len());
     assert!(decoded.stdout == expected, "zstd -d gives the zeroed image");
+}
+
+/// An ext4 image holding `data/victim.bin` (1 MiB of random bytes) and `data/fine.txt`; returns
+/// the image, the victim's content and the byte offset on the device of its third 4 KiB block.
+fn ext4_with_victim(dir: &Path) -> (PathBuf, Vec<u8>, u64) {
+    let image = make_fs_image(dir, "fs.img", 64 * MIB, "mkfs.ext4", &["-q", "-b", "4096"]);
+    let victim = random_bytes(MIB as usize, 21);
+    {
+        let source = LoopDev::new(&image);
+        let mounted = Mounted::new(source.as_str(), &dir.join("fill"), "rw");
+        fs::create_dir_all(mounted.dir.join("data")).expect("dir");
+        fs::write(mounted.dir.join("data/victim.bin"), &victim).expect("victim");
+        fs::write(mounted.dir.join("data/fine.txt"), "still readable\n").expect("fine");
+    }
+    let out = sh(
+        "debugfs",
+        &[
+            "-R",
+            "blocks /data/victim.bin",
+            image.to_str().expect("path"),
+        ],
+    );
+    let blocks: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|b| b.parse().expect("block number"))
+        .collect();
+    assert_eq!(blocks.len(), 256, "1 MiB in 4 KiB blocks: {blocks:?}");
+    (image, victim, blocks[2] * 4096)
+}
+
+#[test]
+fn files_mode_names_the_file_it_cannot_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (image, _, bad_at) = ext4_with_victim(tmp.path());
+    let device = FailingDevice::new(&image, tmp.path(), &[(bad_at, 4096)]);
+    let out = blockdump()
+        .args(["--mode", "files"])
+        .arg(device.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(6), "exit 6 (input error)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("read error in data/victim.bin")
+            && stderr.contains("Input/output error")
+            && stderr.contains("--continue-on-error"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn files_mode_continue_on_error_pads_the_unreadable_block_with_zeros() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (image, victim, bad_at) = ext4_with_victim(tmp.path());
+    let device = FailingDevice::new(&image, tmp.path(), &[(bad_at, 4096)]);
+    let events = tmp.path().join("events.jsonl");
+    let out = blockdump()
+        .args(["--mode", "files", "--continue-on-error", "--events"])
+        .arg(&events)
+        .arg(device.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = event(&fs::read(&events).expect("events"));
+    assert_eq!(ev["mode"], "files");
+    assert_eq!(
+        ev["bad_ranges"],
+        serde_json::json!([{"path": "data/victim.bin", "offset": 2 * 4096, "length": 4096}])
+    );
+    assert_eq!(ev["bad_bytes"], 4096);
+
+    // GNU tar extracts the tree: the victim with one block of zeros, the rest intact.
+    let stream = tmp.path().join("dump.zst");
+    fs::write(&stream, &out.stdout).expect("stream");
+    let tree = tmp.path().join("tree");
+    fs::create_dir_all(&tree).expect("dir");
+    sh(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "zstd -dc '{}' | tar -xf - -C '{}'",
+                stream.display(),
+                tree.display()
+            ),
+        ],
+    );
+    let mut expected = victim.clone();
+    expected[2 * 4096..3 * 4096].fill(0);
+    assert_ne!(expected, victim);
+    assert!(fs::read(tree.join("data/victim.bin")).expect("victim") == expected);
+    assert_eq!(
+        fs::read_to_string(tree.join("data/fine.txt")).expect("fine"),
+        "still readable\n"
+    );
 }
