@@ -39,9 +39,11 @@ pub struct ReadResult {
 /// A block GET in flight.
 type Fetch = JoinHandle<Result<Option<Bytes>, Failure>>;
 
-/// One object to fetch, and the MD5 it must have.
+/// One object, or one byte range of an object, to fetch, and the MD5 it must have.
 struct Piece {
     key: String,
+    /// Bytes `first..=last` of a multipart (`-mp.data`) object; `None`: the whole object.
+    range: Option<(u64, u64)>,
     md5: Option<String>,
 }
 
@@ -97,6 +99,7 @@ pub async fn read_file(
             let pieces = (0..m.blocks)
                 .map(|b| Piece {
                     key: tape::key_block(slot, file, b),
+                    range: None,
                     md5: Some(m.block_md5[b as usize].clone()),
                 })
                 .collect::<Vec<_>>();
@@ -146,9 +149,15 @@ pub async fn read_file(
             let tapes = tapes.clone();
             let bucket = slot.bucket.clone();
             let key = pieces[next].key.clone();
+            let range = pieces[next].range;
             pending.push_back((
                 next,
-                tokio::spawn(async move { tapes.get(&bucket, &key).await }),
+                tokio::spawn(async move {
+                    match range {
+                        Some(range) => get_range(&tapes, &bucket, &key, range).await,
+                        None => tapes.get(&bucket, &key).await,
+                    }
+                }),
             ));
             next += 1;
         }
@@ -239,6 +248,10 @@ pub async fn read_file(
 
 /// The pieces of a file Amanda wrote: its `-mp.data` object, or its blocks 0, 1, 2, ... with a
 /// gap before later blocks refused (Amanda would stop there without a word).
+///
+/// An `-mp.data` object holds the whole file (S3_MULTI_PART_UPLOAD), which can be any size up
+/// to the tape length: it is read in `BLOCK_SIZE` ranges, in parallel and in order like blocks,
+/// so that memory stays at a few blocks rather than the size of the file.
 async fn amanda_pieces(
     tapes: &Tapes,
     slot: &Slot,
@@ -249,11 +262,21 @@ async fn amanda_pieces(
         .list(&slot.bucket, &tape::file_prefix(slot, file))
         .await?;
     let layout = Layout::of(slot, &listing);
-    if layout.multipart_size(file).is_some() {
-        return Ok(vec![Piece {
-            key: tape::key_multipart(slot, file),
-            md5: None,
-        }]);
+    if let Some(size) = layout.multipart_size(file) {
+        let key = tape::key_multipart(slot, file);
+        let step = tapes.device.block_size.max(1);
+        tracing::info!(
+            file,
+            size,
+            "no manifest (written by Amanda with S3_MULTI_PART_UPLOAD): read in ranges, the content is not checked"
+        );
+        return Ok((0..size.div_ceil(step))
+            .map(|i| Piece {
+                key: key.clone(),
+                range: Some((i * step, ((i + 1) * step).min(size) - 1)),
+                md5: None,
+            })
+            .collect());
     }
     let blocks = layout.blocks(file);
     for (expected, (block, _)) in blocks.iter().enumerate() {
@@ -271,7 +294,67 @@ async fn amanda_pieces(
         .iter()
         .map(|(b, _)| Piece {
             key: tape::key_block(slot, file, *b),
+            range: None,
             md5: None,
         })
         .collect())
+}
+
+/// GETs bytes `first..=last` of an object; `None` when the object is gone. A shorter answer (the
+/// object shrank since it was listed) is an error, never a quiet end.
+async fn get_range(
+    tapes: &Tapes,
+    bucket: &str,
+    key: &str,
+    (first, last): (u64, u64),
+) -> Result<Option<Bytes>, Failure> {
+    let want = last - first + 1;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let output = match tapes
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={first}-{last}"))
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(err)
+                if err.as_service_error().is_some_and(|e| e.is_no_such_key())
+                    || err.raw_response().map(|r| r.status().as_u16()) == Some(404) =>
+            {
+                return Ok(None);
+            }
+            Err(err) => {
+                return Err(Failure::from_sdk(
+                    format!("cannot read bytes {first}-{last} of s3://{bucket}/{key}"),
+                    &err,
+                ));
+            }
+        };
+        match output.body.collect().await {
+            Ok(body) => {
+                let data = body.into_bytes();
+                if data.len() as u64 != want {
+                    return Err(Failure::verify(format!(
+                        "s3://{bucket}/{key}: asked for bytes {first}-{last}, got {} bytes: the object changed while it was read",
+                        data.len()
+                    )));
+                }
+                return Ok(Some(data));
+            }
+            Err(err) if rounds < 4 => {
+                tracing::warn!(key, "body broke off ({err}); reading it again");
+            }
+            Err(err) => {
+                return Err(Failure::new(
+                    ExitCode::Network,
+                    format!("cannot read bytes {first}-{last} of s3://{bucket}/{key}: {err}"),
+                ));
+            }
+        }
+    }
 }
