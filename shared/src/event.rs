@@ -167,6 +167,7 @@ fn parse_line(text: &str, line: usize) -> Result<Event, EventParseError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

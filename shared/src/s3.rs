@@ -105,12 +105,12 @@ impl S3Options {
     /// Builds the client. Cheap to clone afterwards; build it once per process.
     pub async fn client(&self) -> Result<aws_sdk_s3::Client, Failure> {
         let endpoint = self.endpoint();
-        if let Some(url) = &endpoint {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(Failure::usage(format!(
-                    "endpoint '{url}' must start with http:// or https://"
-                )));
-            }
+        if let Some(url) = &endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(Failure::usage(format!(
+                "endpoint '{url}' must start with http:// or https://"
+            )));
         }
         let region = RegionProviderChain::first_try(self.region.clone().map(Region::new))
             .or_default_provider()

@@ -63,7 +63,7 @@ pub fn format_size(bytes: u64) -> String {
     ];
     for (unit, size) in UNITS {
         if bytes >= size {
-            if bytes % size == 0 {
+            if bytes.is_multiple_of(size) {
                 return format!("{}{unit}", bytes / size);
             }
             return format!("{:.1}{unit}", bytes as f64 / size as f64);
@@ -80,6 +80,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -487,6 +487,7 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

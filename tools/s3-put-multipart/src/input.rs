@@ -169,12 +169,12 @@ fn read_parts(
             break;
         }
         total += buffer.len() as u64;
-        if let Some(exact) = settings.exact_size {
-            if total > exact {
-                return Err(Failure::input(format!(
-                    "the input is longer than --size {exact} bytes; upload aborted"
-                )));
-            }
+        if let Some(exact) = settings.exact_size
+            && total > exact
+        {
+            return Err(Failure::input(format!(
+                "the input is longer than --size {exact} bytes; upload aborted"
+            )));
         }
         number += 1;
         if number > MAX_PARTS {
@@ -214,12 +214,12 @@ fn read_parts(
             return Err(Failure::input("upload stopped"));
         }
     }
-    if let Some(exact) = settings.exact_size {
-        if total != exact {
-            return Err(Failure::input(format!(
-                "the input ended after {total} bytes, short of --size {exact}; upload aborted"
-            )));
-        }
+    if let Some(exact) = settings.exact_size
+        && total != exact
+    {
+        return Err(Failure::input(format!(
+            "the input ended after {total} bytes, short of --size {exact}; upload aborted"
+        )));
     }
     Ok(StreamEnd {
         bytes: total,

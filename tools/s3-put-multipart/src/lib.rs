@@ -418,13 +418,13 @@ async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
     if let Some(crc) = end.crc32c {
         event = event.with("crc32c", format!("{crc:08x}"));
     }
-    if let Err(err) = sink.emit(&event) {
-        if !s3pipe::output::is_broken_pipe(&err) {
-            return Err(Failure::new(
-                ExitCode::Failure,
-                format!("the object is stored, but the event could not be written: {err}"),
-            ));
-        }
+    if let Err(err) = sink.emit(&event)
+        && !s3pipe::output::is_broken_pipe(&err)
+    {
+        return Err(Failure::new(
+            ExitCode::Failure,
+            format!("the object is stored, but the event could not be written: {err}"),
+        ));
     }
     Ok(())
 }
@@ -557,6 +557,7 @@ async fn store(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -373,24 +373,21 @@ pub async fn add_sha256_metadata(
         Ok(copied) => {
             // In a versioned bucket the copy is a second version; the first, without the digest,
             // would only confuse whoever lists versions.
-            if let (Some(old), Some(new)) = (&stored.version_id, &copied.version_id) {
-                if old != new {
-                    let deleted = client
-                        .delete_object()
-                        .bucket(&settings.url.bucket)
-                        .key(&settings.url.key)
-                        .version_id(old)
-                        .send()
-                        .await;
-                    if let Err(err) = deleted {
-                        tracing::warn!(
-                            "{}",
-                            Failure::from_sdk(
-                                "cannot remove the version without the SHA-256",
-                                &err
-                            )
-                        );
-                    }
+            if let (Some(old), Some(new)) = (&stored.version_id, &copied.version_id)
+                && old != new
+            {
+                let deleted = client
+                    .delete_object()
+                    .bucket(&settings.url.bucket)
+                    .key(&settings.url.key)
+                    .version_id(old)
+                    .send()
+                    .await;
+                if let Err(err) = deleted {
+                    tracing::warn!(
+                        "{}",
+                        Failure::from_sdk("cannot remove the version without the SHA-256", &err)
+                    );
                 }
             }
             copied
