@@ -419,11 +419,16 @@ impl Tapes {
                 Some(m) => (m.size, m.blocks, Some(m.sha256.clone())),
                 None => {
                     let (blocks, size) = layout.contiguous_blocks(file);
-                    (
-                        size + layout.multipart_size(file).unwrap_or(0),
-                        blocks,
-                        None,
-                    )
+                    match layout.multipart_size(file) {
+                        // Amanda's multipart layout: one object, which `read` fetches in
+                        // BLOCK_SIZE ranges; counted the same way here.
+                        Some(object) if blocks == 0 => (
+                            object,
+                            object.div_ceil(self.device.block_size.max(1)),
+                            None,
+                        ),
+                        object => (size + object.unwrap_or(0), blocks, None),
+                    }
                 }
             };
             state.files.push(FileRecord {

@@ -386,6 +386,8 @@ fn we_read_files_amanda_wrote_with_multipart_upload() {
     assert_eq!(slot["contents"][0]["host"], "web9");
     assert_eq!(slot["contents"][0]["disk"], "/srv");
     assert_eq!(slot["contents"][0]["size"], expected.len() as u64);
+    // Counted in BLOCK_SIZE (1 MiB) ranges, as read counts them below.
+    assert_eq!(slot["contents"][0]["blocks"], 30);
     assert_eq!(slot["contents"][0]["sha256"], serde_json::Value::Null);
 
     // Our read gives the object byte for byte, read in 1 MiB ranges (30 of them), and so does
