@@ -5,6 +5,8 @@
 //!
 //! - [`s3`]: the S3 client, built from flags and the standard AWS environment (endpoint, region,
 //!   profile, CA bundle, timeouts, retries) so AWS, MinIO and Garage all work the same.
+//! - [`aws`]: the same for the control-plane services (EC2, EBS direct, RDS, DynamoDB), and the
+//!   instance metadata (IMDSv2) look-ups.
 //! - [`url`]: `s3://bucket/key` parsing with clear errors.
 //! - [`units`]: human sizes (`8MiB`, `1.5G`) and durations (`90s`, `5m`).
 //! - [`event`]: the JSON event format that control tools pass along a pipe, one object a line.
@@ -14,6 +16,7 @@
 //! - [`output`]: stdout that treats a reader going away as an ordinary end, not a panic.
 //! - [`cli`]: the `main` every tool shares; [`man`]: man pages rendered from clap definitions.
 
+pub mod aws;
 pub mod cli;
 pub mod event;
 pub mod exit;

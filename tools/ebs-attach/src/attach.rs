@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::{VolumeAttachmentState, VolumeState};
 use nix::fcntl::{Flock, FlockArg};
 
+use s3pipe::aws::{Imds, aws_failure};
 use s3pipe::event::{Event, EventReader, EventSink};
 use s3pipe::signals::Cancellation;
 use s3pipe::{ExitCode, Failure};
-use snapshot_restore::aws::{Imds, aws_failure};
 
 use crate::{AttachArgs, InstanceArgs, TOOL, cleanup, device};
 

@@ -12,10 +12,10 @@ use aws_sdk_ec2::types::VolumeState;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::signal::unix::{SignalKind, signal};
 
+use s3pipe::aws::aws_failure;
 use s3pipe::event::{Event, EventSink};
 use s3pipe::signals::Cancellation;
 use s3pipe::{ExitCode, Failure};
-use snapshot_restore::aws::aws_failure;
 
 use crate::TOOL;
 use crate::attach::describe;

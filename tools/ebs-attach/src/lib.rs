@@ -17,11 +17,11 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand};
 
 use s3pipe::Failure;
+use s3pipe::aws::AwsOptions;
 use s3pipe::logging::Verbosity;
 use s3pipe::man::ManExtras;
 use s3pipe::signals::Cancellation;
 use s3pipe::units::parse_duration;
-use snapshot_restore::aws::AwsOptions;
 
 pub mod attach;
 pub mod cleanup;
@@ -73,7 +73,7 @@ pub struct InstanceArgs {
     pub instance_id: Option<String>,
 
     #[command(flatten)]
-    pub metadata: snapshot_restore::aws::InstanceOptions,
+    pub metadata: s3pipe::aws::InstanceOptions,
 }
 
 #[derive(Debug, Clone, ClapArgs)]
@@ -186,7 +186,7 @@ pub fn man_extras() -> ManExtras {
 
 /// The work of one run.
 pub async fn run(args: Args, cancellation: Cancellation) -> Result<(), Failure> {
-    let ec2 = args.aws.ec2().await?;
+    let ec2 = aws_sdk_ec2::Client::new(&args.aws.sdk_config(false).await?);
     match args.command {
         None => attach::run(args.attach, &ec2, &cancellation).await,
         Some(Command::Detach(volume)) => {

@@ -32,8 +32,8 @@ use s3pipe::signals::Cancellation;
 use s3pipe::{ExitCode, Failure};
 
 use crate::TOOL;
-use crate::aws::{AwsOptions, aws_failure};
 use crate::blocklist;
+use s3pipe::aws::{AwsOptions, aws_failure};
 
 /// The EBS snapshot block size. ListSnapshotBlocks reports it too, but some emulators report
 /// 512 (bytes) while serving 512 KiB blocks, and every real snapshot uses this size.
@@ -358,7 +358,7 @@ pub async fn run(
 ) -> Result<(), Failure> {
     let events = EventSink::from_option(args.events.as_deref(), EventSink::stderr)
         .map_err(|err| Failure::usage(format!("cannot open the events file: {err}")))?;
-    let ebs = aws.ebs().await?;
+    let ebs = aws_sdk_ebs::Client::new(&aws.sdk_config(true).await?);
     let listing = match &args.changed_since {
         Some(parent) => list_changed(&ebs, parent, &args.snapshot_id).await?,
         None => list_blocks(&ebs, &args.snapshot_id).await?,

@@ -17,7 +17,7 @@ use s3pipe::units::parse_duration;
 use s3pipe::{ExitCode, Failure};
 
 use crate::TOOL;
-use crate::aws::{AwsOptions, aws_failure};
+use s3pipe::aws::{AwsOptions, aws_failure};
 
 /// How to follow an export.
 #[derive(Debug, Clone, Args)]
@@ -214,7 +214,7 @@ pub async fn rds_export(
     cancellation: &Cancellation,
 ) -> Result<(), Failure> {
     let events = EventSink::stdout();
-    let rds = aws.rds().await?;
+    let rds = aws_sdk_rds::Client::new(&aws.sdk_config(false).await?);
     let task_id = match &args.follow {
         Some(id) => id.clone(),
         None => {
@@ -355,7 +355,7 @@ pub async fn dynamodb_export(
         None => None,
     };
     let events = EventSink::stdout();
-    let dynamodb = aws.dynamodb().await?;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws.sdk_config(false).await?);
     let export_arn = match &args.follow {
         Some(arn) => arn.clone(),
         None => {

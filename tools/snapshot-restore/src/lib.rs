@@ -20,7 +20,6 @@ use s3pipe::logging::Verbosity;
 use s3pipe::man::ManExtras;
 use s3pipe::signals::Cancellation;
 
-pub mod aws;
 pub mod blocklist;
 pub mod blocks;
 pub mod export;
@@ -44,7 +43,7 @@ pub struct Args {
     pub command: Command,
 
     #[command(flatten)]
-    pub aws: aws::AwsOptions,
+    pub aws: s3pipe::aws::AwsOptions,
 
     #[command(flatten)]
     pub log: Verbosity,

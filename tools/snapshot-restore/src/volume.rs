@@ -15,7 +15,7 @@ use s3pipe::units::parse_duration;
 use s3pipe::{ExitCode, Failure};
 
 use crate::TOOL;
-use crate::aws::{AwsOptions, InstanceOptions, aws_failure};
+use s3pipe::aws::{AwsOptions, InstanceOptions, aws_failure};
 
 #[derive(Debug, Clone, Args)]
 pub struct VolumeArgs {
@@ -81,7 +81,7 @@ pub async fn run(
         )));
     }
     let az = args.instance.availability_zone().await?;
-    let ec2 = aws.ec2().await?;
+    let ec2 = aws_sdk_ec2::Client::new(&aws.sdk_config(false).await?);
 
     let mut tags = TagSpecification::builder().resource_type(ResourceType::Volume);
     tags = tags.tags(

@@ -1,9 +1,9 @@
 //! The AWS control-plane clients (EC2, EBS direct, RDS, DynamoDB), built from flags and the
 //! standard AWS environment, and the instance metadata (IMDSv2) look-ups.
 //!
-//! This mirrors `s3pipe::s3::S3Options` for the services that are not S3: the same timeouts, retry
+//! This mirrors `crate::s3::S3Options` for the services that are not S3: the same timeouts, retry
 //! policy, CA bundle and profile handling, so a cron job behaves the same whichever service it talks
-//! to. It lives here rather than in `shared/` for now; `ebs-attach` uses it through this crate.
+//! to. snapshot-restore and ebs-attach both use it.
 //!
 //! Endpoints: `--endpoint-url` wins for every service; otherwise aws-config itself reads the
 //! service-specific `AWS_ENDPOINT_URL_EC2`, `AWS_ENDPOINT_URL_EBS`, `AWS_ENDPOINT_URL_RDS`,
@@ -22,9 +22,9 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use clap::Args;
 
-use s3pipe::exit::{HttpStatus, classify_sdk_error};
-use s3pipe::units::parse_duration;
-use s3pipe::{ExitCode, Failure};
+use crate::exit::{HttpStatus, classify_sdk_error};
+use crate::units::parse_duration;
+use crate::{ExitCode, Failure};
 
 /// The AWS connection flags of the control-plane tools.
 #[derive(Debug, Clone, Args)]
@@ -82,9 +82,11 @@ impl AwsOptions {
         Ok(Some(url.to_string()))
     }
 
-    /// The shared SDK configuration. `adaptive` turns on client-side rate limiting that slows
-    /// down when the service throttles (the EBS direct APIs' per-snapshot request limit), instead of
-    /// retrying at full speed into more throttling.
+    /// The shared SDK configuration, for `aws_sdk_<service>::Client::new` in the tool that needs
+    /// the service (this crate links no service SDK, so a tool compiles only those it uses).
+    /// `adaptive` turns on client-side rate limiting that slows down when the service throttles
+    /// (the EBS direct APIs' per-snapshot request limit), instead of retrying at full speed into
+    /// more throttling.
     pub async fn sdk_config(&self, adaptive: bool) -> Result<SdkConfig, Failure> {
         let endpoint = self.endpoint()?;
         let region = RegionProviderChain::first_try(self.region.clone().map(Region::new))
@@ -122,27 +124,9 @@ impl AwsOptions {
         Ok(config)
     }
 
-    pub async fn ec2(&self) -> Result<aws_sdk_ec2::Client, Failure> {
-        Ok(aws_sdk_ec2::Client::new(&self.sdk_config(false).await?))
-    }
-
-    pub async fn ebs(&self) -> Result<aws_sdk_ebs::Client, Failure> {
-        Ok(aws_sdk_ebs::Client::new(&self.sdk_config(true).await?))
-    }
-
-    pub async fn rds(&self) -> Result<aws_sdk_rds::Client, Failure> {
-        Ok(aws_sdk_rds::Client::new(&self.sdk_config(false).await?))
-    }
-
-    pub async fn dynamodb(&self) -> Result<aws_sdk_dynamodb::Client, Failure> {
-        Ok(aws_sdk_dynamodb::Client::new(
-            &self.sdk_config(false).await?,
-        ))
-    }
-
     /// The same HTTPS client, and so the same trusted authorities, as the S3 client's.
     fn http_client(&self) -> Result<SharedHttpClient, Failure> {
-        s3pipe::s3::https_client(self.ca_bundle.as_deref())
+        crate::s3::https_client(self.ca_bundle.as_deref())
     }
 }
 
@@ -228,7 +212,7 @@ impl Imds {
                 ExitCode::Network,
                 format!(
                     "cannot read {what} from the instance metadata service (IMDSv2): {}; not on EC2? pass it by flag",
-                    s3pipe::exit::error_chain(&err)
+                    crate::exit::error_chain(&err)
                 ),
             )),
         }
