@@ -126,11 +126,7 @@ fn continue_on_error_zeroes_and_lists_exactly_the_bad_sectors() {
         .arg(device.path())
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.matches("unreadable").count(),
@@ -221,19 +217,7 @@ fn files_mode_continue_on_error_pads_the_unreadable_block_with_zeros() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (image, victim, bad_at) = ext4_with_victim(tmp.path());
     let device = FailingDevice::new(&image, tmp.path(), &[(bad_at, 4096)]);
-    let events = tmp.path().join("events.jsonl");
-    let out = blockdump()
-        .args(["--mode", "files", "--continue-on-error", "--events"])
-        .arg(&events)
-        .arg(device.path())
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ev = event(&fs::read(&events).expect("events"));
+    let (stdout, ev) = dump_ok(["--mode", "files", "--continue-on-error", device.path()]);
     assert_eq!(ev["mode"], "files");
     assert_eq!(
         ev["bad_ranges"],
@@ -243,7 +227,7 @@ fn files_mode_continue_on_error_pads_the_unreadable_block_with_zeros() {
 
     // GNU tar extracts the tree: the victim with one block of zeros, the rest intact.
     let stream = tmp.path().join("dump.zst");
-    fs::write(&stream, &out.stdout).expect("stream");
+    fs::write(&stream, &stdout).expect("stream");
     let tree = tmp.path().join("tree");
     fs::create_dir_all(&tree).expect("dir");
     sh(
