@@ -14,11 +14,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aws_config::meta::region::RegionProviderChain;
+use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use clap::Args;
 
@@ -89,44 +86,27 @@ impl AwsOptions {
     /// more throttling.
     pub async fn sdk_config(&self, adaptive: bool) -> Result<SdkConfig, Failure> {
         let endpoint = self.endpoint()?;
-        let region = RegionProviderChain::first_try(self.region.clone().map(Region::new))
-            .or_default_provider()
-            .or_else(Region::from_static("us-east-1"));
         let retry = if adaptive {
             RetryConfig::adaptive()
         } else {
             RetryConfig::standard()
         };
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .http_client(self.http_client()?)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(self.connect_timeout)
-                    .read_timeout(self.read_timeout)
-                    .operation_attempt_timeout(self.attempt_timeout)
-                    .build(),
-            )
-            .retry_config(
-                retry
-                    .with_max_attempts(self.max_attempts)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(20)),
-            );
-        if let Some(profile) = &self.profile {
-            loader = loader.profile_name(profile);
+        let mut loader = crate::s3::Connection {
+            region: self.region.clone(),
+            profile: self.profile.as_deref(),
+            ca_bundle: self.ca_bundle.as_deref(),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            attempt_timeout: self.attempt_timeout,
+            max_attempts: self.max_attempts,
         }
+        .loader(retry)?;
         if let Some(url) = &endpoint {
             loader = loader.endpoint_url(url);
         }
         let config = loader.load().await;
         tracing::debug!(endpoint = endpoint.as_deref().unwrap_or("from environment or AWS"), region = ?config.region(), "AWS configuration ready");
         Ok(config)
-    }
-
-    /// The same HTTPS client, and so the same trusted authorities, as the S3 client's.
-    fn http_client(&self) -> Result<SharedHttpClient, Failure> {
-        crate::s3::https_client(self.ca_bundle.as_deref())
     }
 }
 

@@ -112,29 +112,18 @@ impl S3Options {
                 "endpoint '{url}' must start with http:// or https://"
             )));
         }
-        let region = RegionProviderChain::first_try(self.region.clone().map(Region::new))
-            .or_default_provider()
-            .or_else(Region::from_static("us-east-1"));
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .http_client(self.http_client()?)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(self.connect_timeout)
-                    .read_timeout(self.read_timeout)
-                    .operation_attempt_timeout(self.attempt_timeout)
-                    .build(),
-            )
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(self.max_attempts)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(20)),
-            );
-        if let Some(profile) = &self.profile {
-            loader = loader.profile_name(profile);
+        let shared = Connection {
+            region: self.region.clone(),
+            profile: self.profile.as_deref(),
+            ca_bundle: self.ca_bundle.as_deref(),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            attempt_timeout: self.attempt_timeout,
+            max_attempts: self.max_attempts,
         }
-        let shared = loader.load().await;
+        .loader(RetryConfig::standard())?
+        .load()
+        .await;
 
         let mut config = aws_sdk_s3::config::Builder::from(&shared);
         if let Some(url) = &endpoint {
@@ -162,12 +151,47 @@ impl S3Options {
         );
         Ok(aws_sdk_s3::Client::from_conf(config.build()))
     }
+}
 
-    /// The HTTPS client: see [`https_client`].
-    fn http_client(
-        &self,
-    ) -> Result<aws_smithy_runtime_api::client::http::SharedHttpClient, Failure> {
-        https_client(self.ca_bundle.as_deref())
+/// What every SDK client of ours is built from, S3 or not: region, profile, the HTTPS client with
+/// any extra CA, timeouts, and retries with jittered back-off. One place, so that the flags mean
+/// the same for every service.
+pub(crate) struct Connection<'a> {
+    pub region: Option<String>,
+    pub profile: Option<&'a str>,
+    pub ca_bundle: Option<&'a std::path::Path>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub attempt_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl Connection<'_> {
+    /// An aws-config loader with all of that; `retry` is standard or adaptive.
+    pub(crate) fn loader(self, retry: RetryConfig) -> Result<aws_config::ConfigLoader, Failure> {
+        let region = RegionProviderChain::first_try(self.region.map(Region::new))
+            .or_default_provider()
+            .or_else(Region::from_static("us-east-1"));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .http_client(https_client(self.ca_bundle)?)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(self.connect_timeout)
+                    .read_timeout(self.read_timeout)
+                    .operation_attempt_timeout(self.attempt_timeout)
+                    .build(),
+            )
+            .retry_config(
+                retry
+                    .with_max_attempts(self.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(20)),
+            );
+        if let Some(profile) = self.profile {
+            loader = loader.profile_name(profile);
+        }
+        Ok(loader)
     }
 }
 
