@@ -7,6 +7,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+
+/// moto (the AWS control plane) and an IMDSv2 stub, for the tools that talk to EC2.
+#[cfg(feature = "moto")]
+pub mod moto;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -163,11 +167,17 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts the proxy with extra arguments such as `--error-rate 0.1`.
+    /// Starts the proxy in front of the S3 server, with extra arguments such as
+    /// `--error-rate 0.1`.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_for(&endpoint(), args)
+    }
+
+    /// Starts the proxy in front of `upstream` (moto, say).
+    pub fn start_for(upstream: &str, args: &[&str]) -> Self {
         let mut child = Command::new(repo_root().join("scripts/fault-proxy"))
             .arg("--upstream")
-            .arg(endpoint())
+            .arg(upstream)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -2,8 +2,7 @@
 //! (moto attaches nothing: the test links `<dev-dir>/nvme-Amazon_Elastic_Block_Store_vol...` to
 //! the loop device, as udev would for the NVMe disk).
 
-#[path = "../../snapshot-restore/tests/moto/mod.rs"]
-mod moto;
+use harness::moto;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -7,8 +7,7 @@
 //! attaches nothing, so the test plays udev and links the volume's by-id name to it); the object
 //! goes to the real S3 test server (Garage) and is restored with s3-get | blockdump restore.
 
-#[path = "../../snapshot-restore/tests/moto/mod.rs"]
-mod moto;
+use harness::moto;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

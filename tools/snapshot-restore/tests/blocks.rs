@@ -1,7 +1,7 @@
 //! `snapshot-restore blocks` and `apply` against moto's EBS direct APIs, on snapshots written
 //! here with StartSnapshot / PutSnapshotBlock / CompleteSnapshot.
 
-mod moto;
+use harness::moto;
 
 use std::fs::File;
 use std::io::Read;
@@ -325,7 +325,7 @@ fn throttling_and_server_errors_slow_it_down_but_do_not_fail_it() {
     let blocks = sample();
     let id = snapshot(&blocks, None);
     // 30% of requests answered 500/503 (SlowDown): every block still arrives, in order.
-    let proxy = moto::MotoFaultProxy::start(&["--error-rate", "0.3", "--seed", "7"]);
+    let proxy = moto::fault_proxy(&["--error-rate", "0.3", "--seed", "7"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("image");
     let out = tool("snapshot-restore")
@@ -357,7 +357,7 @@ fn sigterm_leaves_no_partial_image() {
     let blocks = sample();
     let id = snapshot(&blocks, None);
     // Every request held back 3 s, so the signal arrives mid-way.
-    let proxy = moto::MotoFaultProxy::start(&["--slow-rate", "1", "--slow-seconds", "3"]);
+    let proxy = moto::fault_proxy(&["--slow-rate", "1", "--slow-seconds", "3"]);
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("image");
     let child = moto::std_tool("snapshot-restore")

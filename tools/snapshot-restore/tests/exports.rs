@@ -1,6 +1,6 @@
 //! `rds-export` and `dynamodb-export` against moto, followed to completion and to failure.
 
-mod moto;
+use harness::moto;
 
 use moto::{events, tool};
 

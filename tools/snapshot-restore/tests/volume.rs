@@ -1,6 +1,6 @@
 //! `snapshot-restore volume` against moto's EC2.
 
-mod moto;
+use harness::moto;
 
 use moto::{AZ, events, tool};
 

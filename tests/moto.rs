@@ -1,9 +1,8 @@
 //! Test helpers for the AWS control-plane tests: moto's server (started by `scripts/testbed`) and
 //! a small IMDSv2 stub.
 //!
-//! Shared by snapshot-restore's and ebs-attach's tests (`#[path]`-included), so it uses only the
-//! EC2 client, which both crates depend on. It belongs in `tests/harness.rs` in the long run.
-#![allow(dead_code)]
+//! Used by snapshot-restore's and ebs-attach's tests, which turn on the harness's `moto` feature;
+//! the other tools' tests do not link the EC2 client it needs.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -23,7 +22,7 @@ pub fn sdk_config() -> aws_config::SdkConfig {
     static CONFIG: OnceLock<aws_config::SdkConfig> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            harness::block_on(
+            crate::block_on(
                 aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .endpoint_url(endpoint())
                     .region(aws_config::Region::new(REGION))
@@ -47,7 +46,7 @@ pub fn tool(name: &str) -> assert_cmd::Command {
 
 /// The same, as a std Command (for pipelines and signals).
 pub fn std_tool(name: &str) -> std::process::Command {
-    let mut cmd = std::process::Command::new(harness::bin(name));
+    let mut cmd = std::process::Command::new(crate::bin(name));
     cmd.env("AWS_ENDPOINT_URL", endpoint())
         .env("AWS_REGION", REGION)
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -61,7 +60,7 @@ pub fn std_tool(name: &str) -> std::process::Command {
 
 /// A new instance in `az` (moto needs one to attach to).
 pub fn run_instance(az: &str) -> String {
-    let out = harness::block_on(
+    let out = crate::block_on(
         ec2()
             .run_instances()
             .image_id("ami-12c6146b")
@@ -84,7 +83,7 @@ pub fn run_instance(az: &str) -> String {
 /// A snapshot made through EC2 (no blocks), for volume tests.
 pub fn ec2_snapshot(size_gib: i32) -> String {
     let client = ec2();
-    let volume = harness::block_on(
+    let volume = crate::block_on(
         client
             .create_volume()
             .availability_zone(AZ)
@@ -92,14 +91,14 @@ pub fn ec2_snapshot(size_gib: i32) -> String {
             .send(),
     )
     .expect("CreateVolume");
-    let snapshot = harness::block_on(
+    let snapshot = crate::block_on(
         client
             .create_snapshot()
             .volume_id(volume.volume_id().expect("id"))
             .send(),
     )
     .expect("CreateSnapshot");
-    harness::block_on(
+    crate::block_on(
         client
             .delete_volume()
             .volume_id(volume.volume_id().expect("id"))
@@ -111,7 +110,7 @@ pub fn ec2_snapshot(size_gib: i32) -> String {
 
 /// The volume, or None when it no longer exists.
 pub fn volume(volume_id: &str) -> Option<aws_sdk_ec2::types::Volume> {
-    match harness::block_on(ec2().describe_volumes().volume_ids(volume_id).send()) {
+    match crate::block_on(ec2().describe_volumes().volume_ids(volume_id).send()) {
         Ok(out) => out.volumes().first().cloned(),
         Err(err) => {
             let text = format!("{:?}", err);
@@ -123,7 +122,7 @@ pub fn volume(volume_id: &str) -> Option<aws_sdk_ec2::types::Volume> {
 
 /// Volumes restored from `snapshot_id` that still exist.
 pub fn volumes_from(snapshot_id: &str) -> Vec<aws_sdk_ec2::types::Volume> {
-    let out = harness::block_on(ec2().describe_volumes().send()).expect("DescribeVolumes");
+    let out = crate::block_on(ec2().describe_volumes().send()).expect("DescribeVolumes");
     out.volumes()
         .iter()
         .filter(|v| v.snapshot_id() == Some(snapshot_id))
@@ -216,49 +215,7 @@ pub fn shell(script: &str) -> std::process::Command {
     shell
 }
 
-/// `scripts/fault-proxy` in front of moto (harness::FaultProxy fronts the S3 server); killed
-/// when dropped.
-#[derive(Debug)]
-pub struct MotoFaultProxy {
-    child: std::process::Child,
-    pub url: String,
-}
-
-impl MotoFaultProxy {
-    pub fn start(args: &[&str]) -> Self {
-        let mut child =
-            std::process::Command::new(harness::repo_root().join("scripts/fault-proxy"))
-                .arg("--upstream")
-                .arg(endpoint())
-                .args(args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start scripts/fault-proxy");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("proxy prints its URL");
-        let url = line
-            .trim()
-            .strip_prefix("FAULT_PROXY_URL=")
-            .expect("FAULT_PROXY_URL line")
-            .to_string();
-        MotoFaultProxy { child, url }
-    }
-
-    pub fn stats(&self) -> serde_json::Value {
-        let output = std::process::Command::new("curl")
-            .args(["-sf", &format!("{}/__fault_proxy/stats", self.url)])
-            .output()
-            .expect("curl");
-        serde_json::from_slice(&output.stdout).expect("stats are JSON")
-    }
-}
-
-impl Drop for MotoFaultProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `scripts/fault-proxy` in front of moto (see [`crate::FaultProxy`]).
+pub fn fault_proxy(args: &[&str]) -> crate::FaultProxy {
+    crate::FaultProxy::start_for(&endpoint(), args)
 }
