@@ -523,6 +523,7 @@ fn dump(args: DumpArgs, quiet: bool, cancellation: Cancellation) -> Result<(), F
     let mut event = base
         .with("size", summary.size)
         .with("zero_bytes", summary.zero_bytes)
+        .with("hole_bytes", summary.hole_bytes)
         .with("bytes_out", summary.bytes_out)
         .with("sha256", hex::encode(summary.sha256))
         .with("seconds", started.elapsed().as_secs_f64());

@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -134,28 +134,76 @@ pub fn device_from_events(
     ))
 }
 
-/// Byte ranges `[start, end)` of `file` that hold data; everything else is a hole.
-/// `None` when the file system cannot say (then everything is read).
-pub fn data_ranges(file: &File, size: u64) -> Option<Vec<(u64, u64)>> {
+/// Byte ranges `[start, end)` of the `size` bytes of `file` from `base` on that hold data,
+/// relative to `base`; everything else is a hole. `None` when the file system cannot say (then
+/// everything is read).
+pub fn data_ranges(file: &File, base: u64, size: u64) -> Option<Vec<(u64, u64)>> {
+    let limit = base.checked_add(size)?;
     let mut ranges = Vec::new();
-    let mut pos: u64 = 0;
-    while pos < size {
-        let start = match lseek(file, pos as i64, Whence::SeekData) {
+    let mut pos = base;
+    while pos < limit {
+        let start = match lseek(file, i64::try_from(pos).ok()?, Whence::SeekData) {
             Ok(start) => start as u64,
             Err(nix::errno::Errno::ENXIO) => break, // no data after pos
             Err(_) => return None,
         };
-        if start >= size {
+        if start >= limit {
             break;
         }
         let end = match lseek(file, start as i64, Whence::SeekHole) {
-            Ok(end) => (end as u64).min(size),
+            Ok(end) => (end as u64).min(limit),
             Err(_) => return None,
         };
-        ranges.push((start, end));
+        ranges.push((start - base, end - base));
         pos = end;
     }
     Some(ranges)
+}
+
+/// The file behind a loop device and the device's offset in it, when that can be trusted.
+///
+/// A loop device over a sparse image (a VM disk, or the stand-in volumes of our own tests) reads
+/// its holes as zeros, but each costs the kernel a page allocation and a zero-fill on the way:
+/// 20 GiB of holes took 50 s through the device, against no time at all found with SEEK_HOLE in
+/// the file. losetup names the file; its inode and device numbers must match the file we open,
+/// so a file replaced at that path since is never taken for the device's. Data is still read
+/// from the device itself; only where the holes are comes from the file.
+pub fn loop_backing(device: &Path) -> Option<(File, u64)> {
+    let out = std::process::Command::new("losetup")
+        .args([
+            "--json",
+            "--list",
+            "--output",
+            "BACK-FILE,BACK-INO,BACK-MAJ:MIN,OFFSET",
+        ])
+        .arg(device)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let entry = listing.get("loopdevices")?.get(0)?;
+    let backing = entry.get("back-file")?.as_str()?;
+    let inode = entry.get("back-ino")?.as_u64()?;
+    let (major, minor) = entry
+        .get("back-maj:min")?
+        .as_str()?
+        .trim()
+        .split_once(':')?;
+    let offset = entry.get("offset")?.as_u64()?;
+    let file = File::open(backing).ok()?;
+    let meta = file.metadata().ok()?;
+    let dev = nix::sys::stat::makedev(major.trim().parse().ok()?, minor.trim().parse().ok()?);
+    if meta.ino() != inode || meta.dev() != dev {
+        tracing::debug!(
+            "{}: {backing} is not the loop device's file any more; reading every block",
+            device.display()
+        );
+        return None;
+    }
+    Some((file, offset))
 }
 
 /// Limits the rate of reading to `rate` bytes a second (averaged from the start).
@@ -247,8 +295,16 @@ pub fn read_raw(
     };
     let size = source.size.unwrap_or(0);
     let ranges = match source.kind {
-        Kind::File => data_ranges(file, size),
-        _ => None,
+        Kind::File => data_ranges(file, 0, size),
+        Kind::Device => loop_backing(&source.path).and_then(|(backing, offset)| {
+            let ranges = data_ranges(&backing, offset, size)?;
+            tracing::debug!(
+                "{}: loop device over a file; its holes are skipped",
+                source.path.display()
+            );
+            Some(ranges)
+        }),
+        Kind::Stdin => None,
     };
     let ranges = ranges.unwrap_or_else(|| vec![(0, size)]);
     let reader = SourceReader {

@@ -319,6 +319,8 @@ pub struct ChunkSink {
     hashes: Option<SyncSender<Payload>>,
     pub size: u64,
     pub zero_bytes: u64,
+    /// Of `zero_bytes`, those pushed as holes: never read.
+    pub hole_bytes: u64,
     /// Set when a stage behind us failed: the error to report instead of "channel closed".
     failed: Arc<Mutex<Option<io::Error>>>,
 }
@@ -426,6 +428,7 @@ impl ChunkSink {
     pub fn push_zeros(&mut self, mut len: u64) -> io::Result<()> {
         self.flush_buf()?;
         self.zero_bytes += len;
+        self.hole_bytes += len;
         self.size += len;
         while len > 0 {
             let n = len.min(self.settings.chunk_size as u64) as usize;
@@ -462,6 +465,7 @@ impl Write for ChunkSink {
 pub struct Summary {
     pub size: u64,
     pub zero_bytes: u64,
+    pub hole_bytes: u64,
     pub sha256: [u8; 32],
     pub bytes_out: u64,
 }
@@ -583,6 +587,7 @@ where
         hashes: Some(hash_tx),
         size: 0,
         zero_bytes: 0,
+        hole_bytes: 0,
         failed: Arc::clone(&failed),
     };
     let produced = produce(&mut sink).and_then(|value| sink.flush_buf().map(|()| value));
@@ -610,6 +615,7 @@ where
         Summary {
             size: sink.size,
             zero_bytes: sink.zero_bytes,
+            hole_bytes: sink.hole_bytes,
             sha256,
             bytes_out,
         },

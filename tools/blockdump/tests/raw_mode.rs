@@ -152,8 +152,12 @@ fn raw_from_a_loop_device_and_back_onto_one() {
     assert_eq!(ev["bad_ranges"], serde_json::json!([]));
     assert_eq!(ev["source_size"], 48 << 20);
     assert_eq!(ev["sha256"], sha.as_str());
-    // Zero blocks are found by reading on a device.
+    // Zero chunks are found on the device; its file's holes are not even read.
     assert!(ev["zero_bytes"].as_u64().expect("zero") >= 38 << 20);
+    assert!(
+        ev["hole_bytes"].as_u64().expect("holes") >= 36 << 20,
+        "{ev}"
+    );
 
     let target_image = tmp.path().join("target.img");
     fs::File::create(&target_image)
@@ -169,6 +173,75 @@ fn raw_from_a_loop_device_and_back_onto_one() {
     drop(target);
     // Every byte written, including zeros over the old data.
     assert_eq!(sha256_file(&target_image), sha);
+}
+
+/// Holes come from the loop device's file only while that is the device's file: with an offset
+/// they are shifted, and a file put at the same path afterwards is not believed.
+#[test]
+fn loop_device_holes_come_from_its_own_file_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let image = sample_image(tmp.path());
+    let content = fs::read(&image).expect("image");
+
+    // --offset: the device starts 1 MiB into the file.
+    let out = sh(
+        "losetup",
+        &[
+            "--find",
+            "--show",
+            "--read-only",
+            "--offset",
+            "1048576",
+            image.to_str().expect("path"),
+        ],
+    );
+    let shifted = LoopDev {
+        path: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+    };
+    let (stream, ev) = dump_ok(["--mode", "raw", "--compress", "none", shifted.as_str()]);
+    assert!(
+        stream == content[1 << 20..],
+        "the device's bytes, from 1 MiB on"
+    );
+    assert_eq!(ev["sha256"], sha256_hex(&content[1 << 20..]).as_str());
+    assert!(
+        ev["hole_bytes"].as_u64().expect("holes") >= 36 << 20,
+        "{ev}"
+    );
+    drop(shifted);
+
+    // A renamed file is still found (the kernel reports its new name), and its holes used.
+    let device = LoopDev::new(&image);
+    let moved = tmp.path().join("moved.img");
+    fs::rename(&image, &moved).expect("rename");
+    let (stream, ev) = dump_ok(["--mode", "raw", "--compress", "none", device.as_str()]);
+    assert!(stream == content);
+    assert!(
+        ev["hole_bytes"].as_u64().expect("holes") >= 36 << 20,
+        "{ev}"
+    );
+
+    // Deleted, with an all-holes impostor at the very name losetup now reports for it: the
+    // inode check refuses the impostor, and every block is read from the device.
+    fs::remove_file(&moved).expect("unlink");
+    let listing = sh(
+        "losetup",
+        &[
+            "--list",
+            "--noheadings",
+            "--output",
+            "BACK-FILE",
+            device.as_str(),
+        ],
+    );
+    let reported = String::from_utf8_lossy(&listing.stdout).trim().to_string();
+    assert!(reported.ends_with("(deleted)"), "{reported}");
+    fs::File::create(&reported)
+        .and_then(|f| f.set_len(48 << 20))
+        .expect("impostor");
+    let (stream, ev) = dump_ok(["--mode", "raw", "--compress", "none", device.as_str()]);
+    assert!(stream == content, "the device's own content");
+    assert_eq!(ev["hole_bytes"], 0, "the impostor's holes were not used");
 }
 
 #[test]
