@@ -54,9 +54,11 @@ Amanda and tape-changer read what the other wrote. Slots are key prefixes writte
 into the next file of the loaded tape, `read` writes a file back to stdout, and `load next` picks the tape the \
 tape cycle allows to be overwritten.\n\n\
 Settings come from a TOML file (--config) with amanda.conf's names: slots, labelstr, tapecycle, autolabel, \
-tape_length, state_file and a [device] table of Amanda S3 device properties (BLOCK_SIZE, NB_THREADS_BACKUP, \
+org, tape_length, state_file and a [device] table of Amanda S3 device properties (BLOCK_SIZE, NB_THREADS_BACKUP, \
 NB_THREADS_RECOVERY, S3_STORAGE_CLASS, S3_SERVER_SIDE_ENCRYPTION, MAX_SEND_SPEED, MAX_RECV_SPEED, \
-S3_BUCKET_LOCATION, CREATE_BUCKET). Flags override the file. The state file (current slot, what each slot \
+S3_BUCKET_LOCATION, CREATE_BUCKET). autolabel and labelstr take amanda.conf's values as they are, with \
+Amanda 3.5's meaning: autolabel = '\"DailySet1-%%%\" empty volume-error' labels with the lowest unused number, \
+labelstr may be MATCH-AUTOLABEL (its default when autolabel is set). Flags override the file. The state file (current slot, what each slot \
 holds) is locked for the whole of every run and replaced atomically; `inventory --rescan` rebuilds it from S3."
 )]
 pub struct Args {
@@ -74,7 +76,7 @@ pub struct Args {
     #[arg(long = "slots", global = true, value_name = "SPEC")]
     pub slots: Vec<String>,
 
-    /// Regular expression every new label must match (overrides `labelstr`)
+    /// Regular expression every new label must match, or MATCH-AUTOLABEL (overrides `labelstr`)
     #[arg(long, global = true, value_name = "REGEX")]
     pub labelstr: Option<String>,
 
@@ -82,7 +84,7 @@ pub struct Args {
     #[arg(long, global = true, value_name = "N")]
     pub tapecycle: Option<usize>,
 
-    /// Label template for empty slots `load next` may label, % runs becoming the slot number (DailySet1-%%)
+    /// amanda.conf's autolabel: template and conditions, '"DailySet1-%%%" empty volume-error' (overrides `autolabel`)
     #[arg(long, global = true, value_name = "TEMPLATE")]
     pub autolabel: Option<String>,
 
@@ -617,7 +619,6 @@ async fn cmd_load(
         (Some("next"), _) => {
             state = ctx.rescan(Some(&state)).await?;
             let label_ok = |l: &str| ctx.config.check_label(l).is_ok();
-            let autolabel = |n: usize| ctx.config.autolabel_for(n);
             let slots: Vec<(usize, &SlotState)> = ctx
                 .config
                 .slots
@@ -629,7 +630,7 @@ async fn cmd_load(
                 current: state.current,
                 tapecycle: ctx.config.tapecycle,
                 label_ok: &label_ok,
-                autolabel: &autolabel,
+                autolabel: ctx.config.autolabel.as_ref(),
             }
             .choose()
             .map_err(|message| Failure::new(ExitCode::Exists, message))?;

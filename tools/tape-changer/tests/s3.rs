@@ -272,6 +272,117 @@ fn the_tape_cycle_chooses_like_amanda() {
     assert!(one_line(&out.get_output().stderr).contains("inside the tape cycle"));
 }
 
+/// A config of three slots with `autolabel` (and no labelstr: MATCH-AUTOLABEL), and slot 1
+/// holding a tape-start object that is not an Amanda header.
+fn autolabel_set(name: &str, autolabel: &str, extra: &str) -> Set {
+    let set = Set::new(name, "", "");
+    std::fs::write(
+        &set.config,
+        format!(
+            "slots = \"s3:{}/DailySet1/slot-{{01..03}}/\"\nautolabel = '{autolabel}'\n{extra}\n[device]\nBLOCK_SIZE = \"1MiB\"\n",
+            set.bucket
+        ),
+    )
+    .expect("config");
+    set.put(&set.key(1, "special-tapestart"), b"PK\x03\x04 a zip file");
+    set
+}
+
+/// `load next`, then a write dated `stamp`; returns the `loaded` event.
+fn load_next_and_write(set: &Set, stamp: &str) -> serde_json::Value {
+    let out = set.tc().args(["load", "next"]).assert().success();
+    let loaded = harness::event(&out.get_output().stdout);
+    set.tc()
+        .args(["write", "--host", "h", "--disk", "/d", "--datestamp", stamp])
+        .write_stdin(format!("dump of {stamp}"))
+        .assert()
+        .success();
+    loaded
+}
+
+#[test]
+fn autolabel_numbers_and_conditions_are_amandas() {
+    // "T-%%" empty non-amanda: the foreign slot may be labelled, with the lowest free number.
+    let set = autolabel_set("autolabel", "\"T-%%\" empty non-amanda", "");
+    set.tc().args(["load", "3"]).assert().success();
+    let first = load_next_and_write(&set, "20260101000000");
+    assert_eq!(
+        serde_json::json!([first["slot"], first["how"], first["label"]]),
+        serde_json::json!([1, "autolabel", "T-01"])
+    );
+    assert_eq!(
+        object(&set.bucket, &set.key(1, "special-tapestart")).as_deref(),
+        Some(&b"AMANDA: TAPESTART DATE 20260101000000 TAPE T-01\n\x0c\n"[..])
+    );
+    let second = load_next_and_write(&set, "20260102000000");
+    assert_eq!(
+        serde_json::json!([second["slot"], second["how"], second["label"]]),
+        serde_json::json!([2, "autolabel", "T-02"])
+    );
+    // MATCH-AUTOLABEL (the default labelstr with autolabel): T- and two digits, nothing else.
+    let out = set
+        .tc()
+        .args(["label", "--slot", "3", "T-7"])
+        .assert()
+        .code(2);
+    assert!(
+        one_line(&out.get_output().stderr)
+            .contains("does not match labelstr MATCH-AUTOLABEL (autolabel 'T-%%')")
+    );
+
+    // The default conditions (volume-error empty): the non-Amanda slot is never chosen, and a
+    // number a tape already has is skipped (slot 3 gets T-02, not its slot number).
+    let set = autolabel_set("autolabel-default", "T-%%", "tapecycle = 2");
+    set.tc()
+        .args(["label", "--slot", "2", "T-01"])
+        .assert()
+        .success();
+    let mut chosen = Vec::new();
+    for stamp in [
+        "20260101000000",
+        "20260102000000",
+        "20260103000000",
+        "20260104000000",
+    ] {
+        let loaded = load_next_and_write(&set, stamp);
+        chosen.push(format!(
+            "{} {} {}",
+            loaded["slot"],
+            loaded["how"].as_str().expect("how"),
+            loaded["label"].as_str().expect("label")
+        ));
+    }
+    assert_eq!(
+        chosen,
+        [
+            "2 fresh T-01",
+            "3 autolabel T-02",
+            "2 reuse T-01",
+            "3 reuse T-02"
+        ]
+    );
+    assert_eq!(
+        object(&set.bucket, &set.key(1, "special-tapestart")).as_deref(),
+        Some(&b"PK\x03\x04 a zip file"[..])
+    );
+    let inventory = set.inventory();
+    assert_eq!(inventory["slots"][0]["label"], serde_json::Value::Null);
+    assert!(
+        inventory["slots"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not an Amanda header")),
+        "{inventory}"
+    );
+
+    // A template Amanda cannot use here: one line, exit 2, nothing touched.
+    let out = set
+        .tc()
+        .args(["--autolabel", "$b-%%", "load", "next"])
+        .assert()
+        .code(2);
+    assert!(one_line(&out.get_output().stderr).contains("$b (the barcode) has no meaning"));
+}
+
 #[test]
 fn two_concurrent_writes_take_turns_on_the_state() {
     let set = Set::new("lock", "", "");
