@@ -422,11 +422,9 @@ impl Tapes {
                     match layout.multipart_size(file) {
                         // Amanda's multipart layout: one object, which `read` fetches in
                         // BLOCK_SIZE ranges; counted the same way here.
-                        Some(object) if blocks == 0 => (
-                            object,
-                            object.div_ceil(self.device.block_size.max(1)),
-                            None,
-                        ),
+                        Some(object) if blocks == 0 => {
+                            (object, object.div_ceil(self.device.block_size.max(1)), None)
+                        }
                         object => (size + object.unwrap_or(0), blocks, None),
                     }
                 }
@@ -554,7 +552,9 @@ mod tests {
     fn md5_matches_md5_crate() {
         use md5::Digest;
         let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 253) as u8).collect();
-        for len in [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 4095, 65_537, 200_000] {
+        for len in [
+            0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 4095, 65_537, 200_000,
+        ] {
             let (hex_md5, b64_md5) = md5_base64(&data[..len]);
             let expected = md5::Md5::digest(&data[..len]);
             assert_eq!(hex_md5, hex::encode(expected), "length {len}");

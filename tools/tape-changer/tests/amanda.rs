@@ -360,7 +360,10 @@ fn we_read_files_amanda_wrote_with_multipart_upload() {
     assert_eq!(expected.len(), 6 * BLOCK);
     assert_eq!(head.content_length(), Some(expected.len() as i64));
     assert_eq!(
-        sha256_hex(&harness::object(&set.bucket, &set.key(1, "f00000001-mp.data")).unwrap()),
+        sha256_hex(
+            &harness::object(&set.bucket, &set.key(1, "f00000001-mp.data"))
+                .expect("the -mp.data object")
+        ),
         sha256_hex(&expected)
     );
 
