@@ -75,7 +75,21 @@ impl FailingDevice {
 impl Drop for FailingDevice {
     fn drop(&mut self) {
         drop(self.device.take());
-        let _ = Command::new("umount").arg(&self.mountpoint).status();
+        // The kernel lets go of a detached loop device's file a moment later: until then the
+        // unmount is refused (busy). Lazily unmounted in the end, so no mount outlives the test.
+        let unmount = |lazy: bool| {
+            Command::new("umount")
+                .args(lazy.then_some("-l"))
+                .arg(&self.mountpoint)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !unmount(false) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        unmount(true);
         let _ = self.fuse.kill();
         let _ = self.fuse.wait();
     }
