@@ -45,11 +45,7 @@ fn files_roundtrip(mkfs: &str, args: &[&str], size: u64, ro_options: &str, fs_na
             .arg(dev.as_str())
             .output()
             .expect("run");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out);
         fs::write(&stream, &out.stdout).expect("save stream");
     }
     assert_eq!(sha256_file(&image), before, "the source image was modified");
@@ -85,11 +81,7 @@ fn files_roundtrip(mkfs: &str, args: &[&str], size: u64, ro_options: &str, fs_na
         .expect("stdin")
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let done = event(&out.stderr);
     assert_eq!(done["mode"], "files");
     assert_eq!(done["verified"], "stream+expected");
@@ -160,11 +152,7 @@ fn image_file_in_auto_mode_uses_files_and_zstd_d_gives_a_tar() {
     let image = filled_image(tmp.path(), "mkfs.ext4", &["-q", "-F"], 96 << 20);
     let before = sha256_file(&image);
     let out = blockdump().arg(&image).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(sha256_file(&image), before);
     let ev = event(&out.stderr);
     assert_eq!(ev["mode"], "files");
@@ -199,11 +187,7 @@ fn image_file_in_auto_mode_uses_files_and_zstd_d_gives_a_tar() {
         .arg(&image)
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(&out.stdout[257..262], b"ustar");
     let sha = event(&out.stderr)["sha256"].clone();
     assert_eq!(sha256_hex(&out.stdout), sha.as_str().expect("sha"));
@@ -231,11 +215,7 @@ fn corrupted_file_system_falls_back_to_raw_in_auto() {
     }
     let before = sha256_file(&image);
     let out = blockdump().arg(&image).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let ev = event(&out.stderr);
     assert_eq!(ev["mode"], "raw", "{ev}");
     assert_eq!(ev["fs_type"], "ext4");
@@ -290,22 +270,14 @@ fn a_mounted_source_stays_unmodified() {
         .arg(dev.as_str())
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(sha256_file(&dev.path), before);
     // A device in use by a read-write mount: auto reports why it did not use files mode, or
     // mounts it alongside; either way the device is not written by blockdump.
     let mounted = Mounted::new(dev.as_str(), &tmp.path().join("live"), "rw");
     fs::write(mounted.dir.join("new-file"), b"written while mounted").expect("write");
     let out = blockdump().arg(dev.as_str()).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let ev = event(&out.stderr);
     assert!(ev["sha256"].is_string());
     // Our private mount is gone again.

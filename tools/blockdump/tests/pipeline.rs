@@ -37,11 +37,7 @@ fn export_to_s3_and_restore_from_it() {
         .arg(dev.as_str())
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let dumped = last_event(&events);
     assert_eq!(dumped["mode"], "files");
     let stored = harness::object(&bucket, "exports/vol.zst").expect("object stored");
@@ -63,11 +59,7 @@ fn export_to_s3_and_restore_from_it() {
         ))
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"verified\":\"stream+expected\""));
     assert_eq!(snapshot(&restored), expected);
 

@@ -37,11 +37,7 @@ fn decode(codec: &str, stream: &Path) -> Vec<u8> {
         _ => return fs::read(stream).expect("read"),
     }
     .expect("decoder");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     out.stdout
 }
 
@@ -139,11 +135,7 @@ fn raw_from_a_loop_device_and_back_onto_one() {
         .arg(source.as_str())
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(out.stderr.is_empty(), "events went to the file");
     let ev = last_event(&events);
     assert_eq!(ev["source_kind"], "device");
@@ -389,11 +381,7 @@ fn restore_refuses_a_mounted_device_and_a_non_empty_directory() {
         .write_stdin(dump.stdout)
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(dir.join("lost+found").is_dir());
     assert_eq!(fs::read(dir.join("mine")).expect("read"), b"do not touch");
 }
@@ -517,11 +505,7 @@ fn stdin_source_and_rate_limit() {
         .write_stdin(data.clone())
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // 3 MiB at 4 MiB/s: about 0.75 s at least.
     assert!(
         started.elapsed() >= Duration::from_millis(600),
